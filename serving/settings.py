@@ -1,0 +1,185 @@
+"""Server settings (pydantic-settings, env prefix ``NEUROSERVE_``) and the local-state paths.
+
+Every knob of the server lives here, once, with its default and the reason for it; the command
+line (``serving/cli.py``) maps Triton-style flags onto these fields, and every field also reads
+from the environment (``NEUROSERVE_GRPC_PORT=9001``). ``home_dir()`` and ``default_tracking_uri()``
+are the one place that computes where local state lives (docs/contracts.md); pipelines/ imports
+them too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Default size limit for one gRPC message, both directions. Triton-style clients send whole
+#: image batches in one message; gRPC's own 4 MiB default is far too small for that.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def home_dir() -> Path:
+    """Return ``$NEUROSERVE_HOME`` (default ``~/.neuroserve``), created if missing.
+
+    All local state lives below it: ``mlflow.db``, ``mlartifacts/``, ``prefect/``, ``cache/``.
+    """
+    path = Path(os.environ.get("NEUROSERVE_HOME") or "~/.neuroserve").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_tracking_uri() -> str:
+    """Return the embedded MLflow store: ``sqlite:///$NEUROSERVE_HOME/mlflow.db``."""
+    return f"sqlite:///{home_dir() / 'mlflow.db'}"
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``"a,b"`` as well as a list, so env vars and flags can name several items."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Settings of one server process (all worker processes share the same values)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEUROSERVE_", extra="ignore", populate_by_name=True
+    )
+
+    # --- where models come from -------------------------------------------------------------
+    model_repository: Path | None = None
+    """Directory laid out as ``<root>/<model>/<version>/model.onnx``. When unset, the server
+    serves the MLflow registry at ``mlflow_tracking_uri`` instead."""
+
+    model_names: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Models to serve (comma-separated in env/flags). Empty: every model in the directory, or
+    every registered model that has the alias ``mlflow_alias``."""
+
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "mlflow_tracking_uri", "NEUROSERVE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"
+        ),
+    )
+    """MLflow tracking/registry URI; also read from ``MLFLOW_TRACKING_URI``. Default: the
+    embedded SQLite store ``default_tracking_uri()``."""
+
+    mlflow_alias: str = "champion"
+    """Registered-model alias to serve; the quality gate in pipelines/ moves it."""
+
+    poll_interval_s: float = 30.0
+    """Seconds between polls of the repository (new directory versions, moved MLflow aliases).
+    0 disables polling; RepositoryModelLoad still reloads on demand."""
+
+    cache_dir: Path | None = None
+    """Where MLflow artifacts are cached so a restart while MLflow is down still serves the last
+    known versions. Default: ``$NEUROSERVE_HOME/cache``."""
+
+    # --- network ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface to bind. Loopback by default: exposing the server is a deliberate choice."""
+
+    grpc_port: int = 8001
+    """gRPC port (Triton's default, so client examples work unchanged). 0 picks a free port."""
+
+    metrics_port: int = 8002
+    """Prometheus metrics HTTP port (Triton's default). 0 picks a free port; -1 disables."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest gRPC message accepted or sent, in bytes; larger requests get RESOURCE_EXHAUSTED."""
+
+    workers: int = 1
+    """Server processes sharing the port through SO_REUSEPORT, each with its own sessions; the
+    kernel spreads connections across them, sidestepping the GIL on the request path."""
+
+    grace_period_s: float = 10.0
+    """On SIGTERM: seconds to let in-flight requests finish before the process exits."""
+
+    # --- security -----------------------------------------------------------------------------
+    tls_cert_file: Path | None = None
+    """PEM server certificate; with ``tls_key_file`` turns TLS on."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+
+    tls_ca_file: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+
+    auth_token: SecretStr | None = None
+    """Bearer token required in ``authorization`` metadata on every RPC except health and
+    liveness. Unset: no authentication (fine on loopback, not on a network)."""
+
+    # --- batching -----------------------------------------------------------------------------
+    dynamic_batching: bool = True
+    """Merge concurrent requests into one session call. Off: each request runs alone."""
+
+    max_batch_size: int = 32
+    """Largest batch one session call takes, and largest batch a single request may carry."""
+
+    max_queue_delay_us: int = 500
+    """How long the batcher waits for more requests after the first one arrives, in µs. Small:
+    at low load it adds this much latency; at high load batches fill before it expires."""
+
+    preferred_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Batch sizes to dispatch at as soon as reached, without waiting out the delay."""
+
+    max_queue_size: int = 1024
+    """Requests waiting per model before new ones are refused with RESOURCE_EXHAUSTED."""
+
+    # --- ONNX Runtime -------------------------------------------------------------------------
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Execution providers in order of preference, e.g. ``TensorrtExecutionProvider,
+    CUDAExecutionProvider,CPUExecutionProvider``. Empty: CUDA when it can actually load, else
+    CPU; TensorRT only when asked for."""
+
+    intra_op_threads: int = 0
+    """Threads inside one operator. 0: CPU cores divided by ``workers`` (at least 1), so worker
+    processes do not oversubscribe the machine."""
+
+    inter_op_threads: int = 1
+    """Threads running independent operators in parallel (1: sequential execution)."""
+
+    warmup: bool = True
+    """Run one dummy batch through each new session before it takes traffic, so the first real
+    request does not pay for lazy initialisation."""
+
+    # --- identity and logging ----------------------------------------------------------------
+    server_name: str = "neuroserve"
+    """Name reported by ServerMetadata."""
+
+    log_level: str = "INFO"
+    """Python logging level of the ``serving`` logger."""
+
+    @field_validator("model_names", "providers", "preferred_batch_sizes", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("max_batch_size", "workers", "max_queue_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    def tracking_uri(self) -> str:
+        """The MLflow URI to serve from (explicit setting, else the embedded default)."""
+        return self.mlflow_tracking_uri or default_tracking_uri()
+
+    def resolved_cache_dir(self) -> Path:
+        """The artifact cache directory (explicit setting, else ``$NEUROSERVE_HOME/cache``)."""
+        return self.cache_dir or home_dir() / "cache"
+
+    def resolved_intra_op_threads(self) -> int:
+        """Explicit thread count for ONNX Runtime's intra-op pool."""
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def tls_enabled(self) -> bool:
+        """True when both a certificate and its key are configured."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
