@@ -1,0 +1,235 @@
+"""Dynamic batching: gather concurrent requests for one model version into one session call.
+
+One ``Batcher`` per loaded model version, one consumer task per batcher, one future per request
+(after MLServer's ``batching/adaptive.py``). The consumer takes the oldest request, waits at most
+``max_queue_delay_us`` after that request *arrived* for more (so under load, when requests queued
+up during the previous call, it dispatches at once), stops early at ``max_batch_size`` or a
+preferred size, runs one session call and splits the result. Only requests with the same
+signature (input dtypes and non-batch dims) are merged; others wait for the next batch.
+
+Failure is per batch: if the session raises, every request in that batch fails with the error and
+the batcher keeps going. The queue is bounded; a full queue refuses new requests at once
+(``QueueFullError`` -> RESOURCE_EXHAUSTED) instead of letting latency grow without bound.
+Requests whose deadline passed while queued are failed without being computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.errors import DeadlineExceededError, InferenceFailedError, QueueFullError
+from serving.merging import merge, split
+from serving.runtime import ModelRuntime
+from serving.statistics import ModelStats
+
+logger = logging.getLogger("serving")
+
+
+class BatchObserver(Protocol):
+    """Receives one call per executed batch (serving/metrics.py implements it)."""
+
+    def observe_batch(self, model: str, batch_size: int, compute_s: float) -> None:
+        """Record one session call."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Per-model batching knobs (defaults come from Settings)."""
+
+    enabled: bool = True
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 500
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+
+
+@dataclass
+class _Item:
+    feeds: Mapping[str, np.ndarray]
+    batch_size: int
+    signature: tuple[Any, ...]
+    deadline: float | None
+    future: asyncio.Future[tuple[dict[str, np.ndarray], int]]
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class Batcher:
+    """Queue + consumer for one model version; ``submit`` returns (outputs, queue time ns)."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        stats: ModelStats,
+        config: BatchingConfig,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.stats = stats
+        self.config = config
+        self.observer = observer
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._direct_inflight = 0
+        self._batching = config.enabled and runtime.batchable and config.max_batch_size > 1
+        self._task: asyncio.Task[None] | None = None
+        if self._batching:
+            self._task = asyncio.get_running_loop().create_task(
+                self._consume(), name=f"batcher-{runtime.name}-{runtime.version}"
+            )
+
+    @property
+    def batching(self) -> bool:
+        """True when requests are merged (enabled, batchable model, max_batch_size > 1)."""
+        return self._batching
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (batching) or running (no batching)."""
+        return len(self._pending) + self._direct_inflight
+
+    async def submit(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        batch_size: int,
+        signature: tuple[Any, ...] = (),
+        deadline: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Run one request's feeds (merged with others when batching); deadline: loop time."""
+        if self.queued >= self.config.max_queue_size:
+            raise QueueFullError(self.runtime.name, self.config.max_queue_size)
+        if not self._batching:
+            return await self._direct(feeds, batch_size)
+        future: asyncio.Future[tuple[dict[str, np.ndarray], int]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(_Item(feeds, batch_size, signature, deadline, future))
+        self._wakeup.set()
+        return await future
+
+    async def _direct(
+        self, feeds: Mapping[str, np.ndarray], batch_size: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        self._direct_inflight += 1
+        try:
+            start = time.perf_counter_ns()
+            try:
+                outputs = await self.runtime.predict(feeds)
+            except Exception as exc:
+                raise self._failure(exc) from exc
+            infer_ns = time.perf_counter_ns() - start
+            self.stats.record_execution(batch_size, 1, 0, infer_ns, 0)
+            if self.observer:
+                self.observer.observe_batch(self.runtime.name, batch_size, infer_ns / 1e9)
+            return outputs, 0
+        finally:
+            self._direct_inflight -= 1
+
+    def _failure(self, exc: BaseException) -> InferenceFailedError:
+        logger.error(
+            "event=batch_failed model=%s version=%s",
+            self.runtime.name,
+            self.runtime.version,
+            exc_info=exc,
+        )
+        return InferenceFailedError(self.runtime.name, self.runtime.version, str(exc))
+
+    def _gather(self) -> tuple[list[_Item], int]:
+        """The requests the next batch would take (same signature as the oldest, in order)."""
+        first = self._pending[0]
+        taken: list[_Item] = []
+        size = 0
+        for item in self._pending:
+            if item.signature != first.signature:
+                continue
+            if size + item.batch_size > self.config.max_batch_size:
+                break
+            taken.append(item)
+            size += item.batch_size
+        return taken, size
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay_ns = self.config.max_queue_delay_us * 1000
+        preferred = set(self.config.preferred_batch_sizes)
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            while True:
+                batch, size = self._gather()
+                waited = time.perf_counter_ns() - self._pending[0].enqueued_ns
+                remaining = (delay_ns - waited) / 1e9
+                if (
+                    size >= self.config.max_batch_size
+                    or size in preferred
+                    or remaining <= 0
+                    or self._closed
+                    or len(batch) < len(self._pending)  # incompatible requests are waiting
+                ):
+                    break
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+            for item in batch:
+                self._pending.remove(item)
+            now = loop.time()
+            live: list[_Item] = []
+            for item in batch:
+                if item.future.done():  # caller went away (cancelled)
+                    continue
+                if item.deadline is not None and now >= item.deadline:
+                    item.future.set_exception(DeadlineExceededError(self.runtime.name))
+                    continue
+                live.append(item)
+            if live:
+                await self._run(live)
+
+    async def _run(self, batch: Sequence[_Item]) -> None:
+        start = time.perf_counter_ns()
+        sizes = [item.batch_size for item in batch]
+        try:
+            feeds = merge([item.feeds for item in batch])
+            merged = time.perf_counter_ns()
+            outputs = await self.runtime.predict(feeds)
+            computed = time.perf_counter_ns()
+            parts = split(outputs, sizes)
+        except Exception as exc:
+            error = self._failure(exc)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        done = time.perf_counter_ns()
+        total = sum(sizes)
+        self.stats.record_execution(
+            total, len(batch), merged - start, computed - merged, done - computed
+        )
+        if self.observer:
+            self.observer.observe_batch(self.runtime.name, total, (computed - merged) / 1e9)
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result((part, start - item.enqueued_ns))
+
+    async def close(self) -> None:
+        """Finish everything queued, then stop the consumer."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        while self._direct_inflight:
+            await asyncio.sleep(0.005)

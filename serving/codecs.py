@@ -1,0 +1,477 @@
+"""Tensors on the wire <-> numpy arrays, with every check a request must pass.
+
+Both KServe encodings are accepted: typed ``contents`` (one repeated field per datatype) and
+``raw_input_contents`` (row-major little-endian bytes, BYTES elements as 4-byte length + data);
+mixing them in one request is rejected. Answers use ``raw_output_contents`` (the fast path every
+Triton client reads) unless the request itself was typed, in which case they are typed too
+(readable in grpcurl), FP16 excepted since it has no typed field.
+
+Two extensions live here because they are encodings, not model logic:
+
+* classification: a requested output with parameter ``classification = k`` comes back as
+  ``[batch, k]`` BYTES ``"score:index:label"`` (Triton's format), labels from the ONNX metadata
+  ``labels`` (or ``vocabulary`` for next-token models).
+* text: a next-token model (metadata ``task = next-token``) also takes a BYTES tensor of raw text
+  for its token-id input, tokenized with ``tokenizer_pattern``/``vocabulary``/``unk_token``
+  (docs/contracts.md), so clients can send a sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from serving._proto import grpc_service_pb2 as pb
+from serving.datatypes import NUMPY_OF, datatype_of
+from serving.errors import InvalidInputError
+from serving.runtime import TensorSpec
+
+#: Typed-contents field per datatype. FP16 has none: it travels raw only.
+CONTENTS_FIELD: Final[dict[str, str]] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+CLASSIFICATION: Final = "classification"
+
+
+# --------------------------------------------------------------------------- BYTES elements
+def serialize_bytes_tensor(array: np.ndarray) -> bytes:
+    """Encode a BYTES tensor raw: each element as uint32 little-endian length + its bytes."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Decode raw BYTES elements; raise ``ValueError`` when the lengths do not add up."""
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ValueError(f"truncated length prefix at byte {offset}")
+        (size,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ValueError(f"element of {size} bytes overruns the buffer at byte {offset}")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    return items
+
+
+def _count(shape: Sequence[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+# --------------------------------------------------------------------------- text tokenizer
+@dataclass(frozen=True)
+class Tokenizer:
+    """The next-token tokenizer described by a model's metadata (docs/contracts.md)."""
+
+    pattern: re.Pattern[str]
+    index: dict[str, int]
+    unk_id: int
+    pad_id: int
+    window: int | None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Tokenizer | None:
+        """Build from ``vocabulary``/``tokenizer_pattern``/``unk_token``; None if incomplete."""
+        if metadata.get("task") != "next-token" or "vocabulary" not in metadata:
+            return None
+        vocabulary = json.loads(metadata["vocabulary"])
+        index = {token: i for i, token in enumerate(vocabulary)}
+        unk = metadata.get("unk_token", "<unk>")
+        unk_id = index.get(unk, 0)
+        window = metadata.get("window")
+        return cls(
+            pattern=re.compile(metadata.get("tokenizer_pattern", r"\w+|[^\w\s]")),
+            index=index,
+            unk_id=unk_id,
+            pad_id=index.get("<pad>", unk_id),
+            window=int(window) if window and window.isdigit() else None,
+        )
+
+    def encode(self, texts: Sequence[str], length: int | None = None) -> np.ndarray:
+        """Token ids ``[len(texts), T]``: last ``window`` tokens, left-padded to a common T."""
+        rows = [
+            [self.index.get(tok, self.unk_id) for tok in self.pattern.findall(text.lower())]
+            for text in texts
+        ]
+        limit = length or self.window
+        if limit:
+            rows = [row[-limit:] for row in rows]
+        width = length or max((len(row) for row in rows), default=0)
+        out = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            if row:
+                out[i, width - len(row) :] = row
+        return out
+
+
+# --------------------------------------------------------------------------- server: decode
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the caller asked for; ``classification > 0`` asks for top-k strings."""
+
+    name: str
+    classification: int = 0
+
+
+@dataclass
+class DecodedRequest:
+    """A validated request: model feeds, batch size, requested outputs, answer encoding."""
+
+    feeds: dict[str, np.ndarray]
+    batch_size: int
+    requested: list[RequestedOutput]
+    raw: bool
+    signature: tuple[Any, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What the codecs need to know about a model to validate a request against it."""
+
+    name: str
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
+    metadata: Mapping[str, str]
+    max_batch_size: int
+    batchable: bool
+    tokenizer: Tokenizer | None = None
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class labels for classification answers (``labels``, else ``vocabulary``)."""
+        for key in ("labels", "vocabulary"):
+            if key in self.metadata:
+                try:
+                    values = json.loads(self.metadata[key])
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(values, list):
+                    return [str(v) for v in values]
+        return None
+
+    @property
+    def accepts_non_finite(self) -> bool:
+        """Models opt in to NaN/Inf with metadata ``accepts_non_finite = true``."""
+        return self.metadata.get("accepts_non_finite", "").lower() == "true"
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _param_int(param: pb.InferParameter) -> int | None:
+    choice = param.WhichOneof("parameter_choice")
+    if choice in {"int64_param", "uint64_param"}:
+        return int(getattr(param, choice))
+    if choice == "string_param" and param.string_param.strip().isdigit():
+        return int(param.string_param)
+    return None
+
+
+def _decode_values(
+    model: str, tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
+) -> np.ndarray:
+    """Turn one wire tensor into an array of its declared datatype and shape."""
+    name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+    if datatype not in NUMPY_OF:
+        raise InvalidInputError(
+            model, "unsupported datatype", tensor=name, expected=sorted(NUMPY_OF), got=datatype
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(model, "negative dimension in shape", tensor=name, got=shape)
+    count = _count(shape)
+    if raw is not None:
+        if datatype == "BYTES":
+            try:
+                items = deserialize_bytes_tensor(raw)
+            except ValueError as exc:
+                raise InvalidInputError(
+                    model, f"malformed BYTES raw content: {exc}", tensor=name
+                ) from exc
+            if len(items) != count:
+                raise InvalidInputError(
+                    model, "BYTES element count does not match shape", tensor=name,
+                    expected=f"{count} for shape {_shape_str(shape)}", got=len(items),
+                )  # fmt: skip
+            return np.array(items, dtype=object).reshape(shape)
+        dtype = NUMPY_OF[datatype]
+        expected = count * dtype.itemsize
+        if len(raw) != expected:
+            raise InvalidInputError(
+                model, "raw content byte size does not match shape and datatype", tensor=name,
+                expected=f"{expected} bytes ({datatype} {_shape_str(shape)})",
+                got=f"{len(raw)} bytes",
+            )  # fmt: skip
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    if datatype == "FP16":
+        raise InvalidInputError(
+            model, "FP16 has no typed contents field; send it in raw_input_contents", tensor=name
+        )
+    values = getattr(tensor.contents, CONTENTS_FIELD[datatype])
+    if len(values) != count:
+        raise InvalidInputError(
+            model, "typed contents element count does not match shape", tensor=name,
+            expected=f"{count} for shape {_shape_str(shape)}", got=len(values),
+        )  # fmt: skip
+    if datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(shape)
+    return np.array(values, dtype=NUMPY_OF[datatype]).reshape(shape)
+
+
+def _check_shape(sig: ModelSignature, spec: TensorSpec, shape: Sequence[int]) -> None:
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    ):
+        raise InvalidInputError(
+            sig.name, "shape does not match the model", tensor=spec.name,
+            expected=_shape_str(spec.shape), got=_shape_str(shape),
+        )  # fmt: skip
+
+
+def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> DecodedRequest:
+    """Validate a ModelInferRequest against a model and return its numpy feeds.
+
+    Raises ``InvalidInputError`` naming the model, tensor, expectation and what came.
+    """
+    model = sig.name
+    raw_contents = request.raw_input_contents
+    uses_raw = len(raw_contents) > 0
+    if uses_raw and any(t.HasField("contents") for t in request.inputs):
+        raise InvalidInputError(
+            model, "typed 'contents' and 'raw_input_contents' mixed in one request; use one"
+        )
+    if uses_raw and len(raw_contents) != len(request.inputs):
+        raise InvalidInputError(
+            model, "raw_input_contents must hold one entry per input",
+            expected=len(request.inputs), got=len(raw_contents),
+        )  # fmt: skip
+    specs = {spec.name: spec for spec in sig.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise InvalidInputError(
+                model, "unknown input", tensor=tensor.name,
+                expected=f"inputs {sorted(specs)}", got=repr(tensor.name),
+            )  # fmt: skip
+        if tensor.name in feeds:
+            raise InvalidInputError(model, "input given twice", tensor=tensor.name)
+        text_input = (
+            sig.tokenizer is not None and tensor.datatype == "BYTES" and spec.datatype == "INT64"
+        )
+        if tensor.datatype != spec.datatype and not text_input:
+            accepted = spec.datatype + (" or BYTES text" if sig.tokenizer else "")
+            raise InvalidInputError(
+                model, "wrong datatype", tensor=tensor.name, expected=accepted, got=tensor.datatype
+            )
+        array = _decode_values(model, tensor, raw_contents[i] if uses_raw else None)
+        if text_input:
+            array = _tokenize(sig, spec, array)
+        else:
+            _check_shape(sig, spec, array.shape)
+            if array.dtype.kind == "f" and not sig.accepts_non_finite:
+                bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                if bad:
+                    raise InvalidInputError(
+                        model, "NaN or Inf values; this model cannot take non-finite inputs",
+                        tensor=tensor.name, expected="finite values", got=f"{bad} non-finite",
+                    )  # fmt: skip
+        feeds[tensor.name] = array
+    missing = [name for name in specs if name not in feeds]
+    if missing:
+        raise InvalidInputError(
+            model, "missing input(s)", tensor=", ".join(missing),
+            expected=f"inputs {sorted(specs)}", got=f"inputs {sorted(feeds)}",
+        )  # fmt: skip
+    batch_size = _batch_size(sig, feeds)
+    requested = _requested_outputs(sig, request)
+    signature = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items()))
+    return DecodedRequest(feeds, batch_size, requested, raw=uses_raw, signature=signature)
+
+
+def _tokenize(sig: ModelSignature, spec: TensorSpec, texts: np.ndarray) -> np.ndarray:
+    assert sig.tokenizer is not None
+    if texts.ndim == 2 and texts.shape[1] == 1:
+        texts = texts[:, 0]
+    if texts.ndim != 1:
+        raise InvalidInputError(
+            sig.name, "text input must be one string per batch item", tensor=spec.name,
+            expected="shape [batch] or [batch, 1]", got=_shape_str(texts.shape),
+        )  # fmt: skip
+    decoded = []
+    for item in texts:
+        try:
+            decoded.append(bytes(item).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(sig.name, "text is not UTF-8", tensor=spec.name) from exc
+    fixed = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else None
+    ids = sig.tokenizer.encode(decoded, length=fixed)
+    if ids.shape[1] == 0:
+        raise InvalidInputError(sig.name, "text has no tokens", tensor=spec.name)
+    return ids
+
+
+def _batch_size(sig: ModelSignature, feeds: Mapping[str, np.ndarray]) -> int:
+    if not sig.batchable or not feeds:
+        return 1
+    sizes = {name: array.shape[0] if array.ndim else 1 for name, array in feeds.items()}
+    if len(set(sizes.values())) > 1:
+        raise InvalidInputError(sig.name, "inputs disagree on the batch size (axis 0)", got=sizes)
+    size = next(iter(sizes.values()))
+    if size < 1:
+        raise InvalidInputError(
+            sig.name, "empty batch", tensor=next(iter(sizes)), expected="batch >= 1", got=size
+        )
+    if size > sig.max_batch_size:
+        raise InvalidInputError(
+            sig.name, "batch larger than max_batch_size", tensor=next(iter(sizes)),
+            expected=f"<= {sig.max_batch_size}", got=size,
+        )  # fmt: skip
+    return size
+
+
+def _requested_outputs(sig: ModelSignature, request: pb.ModelInferRequest) -> list[RequestedOutput]:
+    known = {spec.name: spec for spec in sig.outputs}
+    if not request.outputs:
+        return [RequestedOutput(name) for name in known]
+    requested: list[RequestedOutput] = []
+    for out in request.outputs:
+        if out.name not in known:
+            raise InvalidInputError(
+                sig.name, "unknown output requested", tensor=out.name,
+                expected=f"outputs {sorted(known)}", got=repr(out.name),
+            )  # fmt: skip
+        k = 0
+        if CLASSIFICATION in out.parameters:
+            value = _param_int(out.parameters[CLASSIFICATION])
+            if value is None or value < 1:
+                raise InvalidInputError(
+                    sig.name, "classification parameter must be a positive integer",
+                    tensor=out.name, got=out.parameters[CLASSIFICATION],
+                )  # fmt: skip
+            k = value
+        requested.append(RequestedOutput(out.name, k))
+    return requested
+
+
+# --------------------------------------------------------------------------- server: encode
+def classify(array: np.ndarray, k: int, labels: Sequence[str] | None) -> np.ndarray:
+    """Top-k ``"score:index[:label]"`` strings per batch row, best first (Triton's format)."""
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    k = min(k, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    out = np.empty((rows.shape[0], k), dtype=object)
+    for r in range(rows.shape[0]):
+        for c, index in enumerate(top[r]):
+            text = f"{float(rows[r, index]):f}:{int(index)}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            out[r, c] = text.encode()
+    return out
+
+
+def _set_typed(contents: pb.InferTensorContents, datatype: str, array: np.ndarray) -> None:
+    flat = array.reshape(-1)
+    target = getattr(contents, CONTENTS_FIELD[datatype])
+    if datatype == "BYTES":
+        target.extend(x.encode() if isinstance(x, str) else bytes(x) for x in flat)
+    else:
+        target.extend(flat.tolist())
+
+
+def encode_response(
+    sig: ModelSignature,
+    version: str,
+    *,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    requested: Sequence[RequestedOutput],
+    raw: bool = True,
+) -> pb.ModelInferResponse:
+    """Build the ModelInferResponse for one request from its slice of the model outputs."""
+    arrays: list[tuple[str, np.ndarray]] = []
+    for want in requested:
+        array = outputs[want.name]
+        if want.classification:
+            array = classify(array, want.classification, sig.labels)
+        arrays.append((want.name, array))
+    typed = not raw and all(datatype_of(a) != "FP16" for _, a in arrays)
+    response = pb.ModelInferResponse(model_name=sig.name, model_version=version, id=request_id)
+    for name, array in arrays:
+        datatype = datatype_of(array)
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if typed:
+            _set_typed(tensor.contents, datatype, array)
+        elif datatype == "BYTES":
+            response.raw_output_contents.append(serialize_bytes_tensor(array))
+        else:
+            response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return response
+
+
+# --------------------------------------------------------------------------- client side
+def encode_inputs(
+    request: pb.ModelInferRequest, inputs: Mapping[str, np.ndarray], raw: bool = True
+) -> pb.ModelInferRequest:
+    """Add numpy inputs to a request (raw by default; typed with ``raw=False``)."""
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in {"U", "S"}:
+            array = array.astype(object)
+        datatype = datatype_of(array)
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if raw or datatype == "FP16":
+            if datatype == "BYTES":
+                request.raw_input_contents.append(serialize_bytes_tensor(array))
+            else:
+                request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        else:
+            _set_typed(tensor.contents, datatype, array)
+    return request
+
+
+def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Return ``{name: array}`` from a response in either encoding."""
+    result: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, tensor in enumerate(response.outputs):
+        shape = list(tensor.shape)
+        if i < len(raw):
+            if tensor.datatype == "BYTES":
+                result[tensor.name] = np.array(
+                    deserialize_bytes_tensor(raw[i]), dtype=object
+                ).reshape(shape)
+            else:
+                dtype = NUMPY_OF[tensor.datatype]
+                result[tensor.name] = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
+        else:
+            values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
+            dtype = NUMPY_OF[tensor.datatype]
+            result[tensor.name] = np.array(list(values), dtype=dtype).reshape(shape)
+    return result

@@ -1,0 +1,98 @@
+"""Prometheus metrics on their own HTTP port (Triton's 8002 by default).
+
+Requests by model and status, latency histograms for queue, compute and total, executed batch
+sizes and loaded models. Each server owns a registry (several servers in one test process must not
+collide); with ``--workers N`` every worker process writes to a shared multiprocess directory and
+the parent serves the aggregate (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import multiprocess as prom_multiprocess
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def multiprocess_enabled() -> bool:
+    """True in worker processes started by ``--workers N`` (values go to shared files)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ServerMetrics:
+    """The server's Prometheus instruments; also the batcher's ``BatchObserver``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "neuroserve_requests", "Inference requests by model and gRPC status.",
+            ["model", "status"], registry=reg,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "neuroserve_request_latency_seconds", "Total time per inference request.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.queue_latency = Histogram(
+            "neuroserve_queue_latency_seconds", "Time a request waited in the batch queue.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.compute_latency = Histogram(
+            "neuroserve_compute_latency_seconds", "Time of one session call (one batch).",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "neuroserve_batch_size", "Items per executed batch.",
+            ["model"], buckets=_BATCH_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.models_loaded = Gauge(
+            "neuroserve_models_loaded", "Model versions loaded and ready.",
+            registry=reg, multiprocess_mode="livesum",
+        )  # fmt: skip
+
+    def observe_request(
+        self, model: str, status: str, total_s: float, queue_s: float | None = None
+    ) -> None:
+        """Count one finished request and record its latencies."""
+        self.requests.labels(model, status).inc()
+        self.request_latency.labels(model).observe(total_s)
+        if queue_s is not None:
+            self.queue_latency.labels(model).observe(queue_s)
+
+    def observe_batch(self, model: str, batch_size: int, compute_s: float) -> None:
+        """Record one executed batch."""
+        self.batch_size.labels(model).observe(batch_size)
+        self.compute_latency.labels(model).observe(compute_s)
+
+    def set_models_loaded(self, count: int) -> None:
+        """Set the number of ready model versions."""
+        self.models_loaded.set(count)
+
+
+class MetricsHTTPServer:
+    """The ``/metrics`` endpoint in a daemon thread; ``port`` is the bound port."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port: int = self._server.server_port
+
+    @classmethod
+    def aggregating(cls, host: str, port: int) -> MetricsHTTPServer:
+        """Serve the sum over all worker processes (parent of ``--workers N``)."""
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return cls(registry, host, port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,255 @@
+"""Assemble and run the grpc.aio server: ``create_server(settings)`` builds, ``serve`` runs.
+
+Lifecycle (one log line each): the port is bound and the server answers ServerLive at once; models
+load; then ServerReady and the health service switch to SERVING. On SIGTERM/SIGINT health goes
+NOT_SERVING and new RPCs are refused while in-flight ones get ``grace_period_s`` to finish; then
+the sessions are released and the process exits 0.
+
+``--workers N`` starts N processes that each bind the same port with SO_REUSEPORT and own their
+sessions, sidestepping the GIL on the request path; the parent aggregates their metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from serving._proto import _pool
+from serving._proto import grpc_service_pb2 as pb
+from serving._proto import grpc_service_pb2_grpc as pb_grpc
+from serving.auth import BearerTokenInterceptor
+from serving.dataplane import DataPlane
+from serving.logs import configure, log_event
+from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
+from serving.repository import Repository
+from serving.servicer import InferenceServicer
+from serving.settings import Settings
+from serving.sources import DirectorySource, MlflowSource, ModelSource
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def _reflection_pool() -> object:
+    """Our private descriptor pool, plus the health and reflection files reflection describes."""
+    for module in (health_pb2, reflection_pb2):
+        with contextlib.suppress(TypeError, ValueError):  # already added in this process
+            _pool.POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return _pool.POOL
+
+
+def make_source(settings: Settings) -> ModelSource:
+    """A directory source when ``model_repository`` is set, else the MLflow registry."""
+    if settings.model_repository is not None:
+        return DirectorySource(settings.model_repository, settings.model_names)
+    return MlflowSource(
+        settings.tracking_uri(),
+        settings.mlflow_alias,
+        settings.resolved_cache_dir(),
+        settings.model_names,
+    )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from files (mTLS when a CA is given), or None for plaintext."""
+    if not settings.tls_enabled():
+        if settings.tls_ca_file is not None:
+            raise ValueError("tls_ca_file needs tls_cert_file and tls_key_file as well")
+        return None
+    key, cert = _read(settings.tls_key_file), _read(settings.tls_cert_file)
+    assert key is not None and cert is not None
+    ca = _read(settings.tls_ca_file)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class InferenceServer:
+    """A built (not yet started) server; ``start``/``stop`` drive its lifecycle."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.repository = Repository(make_source(settings), settings, self.metrics)
+        self.repository.on_change.append(
+            lambda: self.metrics.set_models_loaded(self.repository.ready_count())
+        )
+        self.dataplane = DataPlane(settings, self.repository, self.metrics)
+        interceptors = []
+        if settings.auth_token is not None:
+            interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
+        limit = settings.max_message_bytes
+        self.grpc_server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            ],
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), self.grpc_server
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self.grpc_server,
+            pool=_reflection_pool(),
+        )
+        address = f"{settings.host}:{settings.grpc_port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.grpc_server.add_insecure_port(address)
+        else:
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC port {address}")
+        self.metrics_server: MetricsHTTPServer | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients connect to."""
+        return f"{self.settings.host}:{self.port}"
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listen, load the models, then report ready."""
+        await self._set_health(False)
+        await self.grpc_server.start()
+        log_event(
+            "server_listening",
+            address=self.address,
+            tls=self.settings.tls_enabled(),
+            mtls=self.settings.tls_ca_file is not None,
+            auth=self.settings.auth_token is not None,
+            source=self.repository.source.description,
+        )
+        if self.settings.metrics_port >= 0 and not multiprocess_enabled():
+            self.metrics_server = MetricsHTTPServer(
+                self.metrics.registry, self.settings.host, self.settings.metrics_port
+            )
+        await self.repository.start()
+        self.dataplane.started = True
+        await self._set_health(True)
+        log_event(
+            "server_ready",
+            address=self.address,
+            models=",".join(sorted(self.repository.models)) or "-",
+            ready_models=self.repository.ready_count(),
+            metrics_port=self.metrics_server.port if self.metrics_server else "-",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report not-ready, let in-flight RPCs finish within ``grace``, release everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_period_s if grace is None else grace
+        self.dataplane.shutting_down = True
+        await self._set_health(False)
+        log_event("server_draining", grace_s=grace)
+        await self.grpc_server.stop(grace)
+        await self.repository.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        log_event("server_stopped", address=self.address)
+
+
+def create_server(settings: Settings) -> InferenceServer:
+    """Build the server (bound but not started); call inside a running event loop."""
+    return InferenceServer(settings)
+
+
+async def serve(settings: Settings) -> None:
+    """Run one server process until SIGTERM/SIGINT, then shut down gracefully."""
+    server = create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+        log_event("signal_received")
+    finally:
+        await server.stop()
+
+
+def _worker(settings: Settings, index: int) -> None:
+    configure(settings.log_level)
+    log_event("worker_started", index=index, pid=os.getpid())
+    asyncio.run(serve(settings))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def run(settings: Settings) -> int:
+    """Run the server (``settings.workers`` processes); return the process exit code."""
+    configure(settings.log_level)
+    if settings.workers == 1:
+        asyncio.run(serve(settings))
+        return 0
+    port = settings.grpc_port or _free_port(settings.host)
+    with tempfile.TemporaryDirectory(prefix="neuroserve-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        worker_settings = settings.model_copy(update={"grpc_port": port})
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(target=_worker, args=(worker_settings, i), name=f"neuroserve-worker-{i}")
+            for i in range(settings.workers)
+        ]
+        for proc in procs:
+            proc.start()
+        metrics = (
+            MetricsHTTPServer.aggregating(settings.host, settings.metrics_port)
+            if settings.metrics_port >= 0
+            else None
+        )
+        log_event("workers_started", workers=len(procs), port=port)
+
+        def forward(signum: int, _frame: object) -> None:
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for proc in procs:
+            proc.join()
+        if metrics is not None:
+            metrics.close()
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    codes = [proc.exitcode for proc in procs]
+    log_event("workers_stopped", exit_codes=",".join(str(c) for c in codes))
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+logging.getLogger("serving").addHandler(logging.NullHandler())
