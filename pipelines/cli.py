@@ -1,0 +1,490 @@
+"""`neuroserve`: one console command, a subcommand per job (DESIGN.md, "Commands").
+
+Importing this module is cheap on purpose: typer and rich only. Prefect, MLflow, torch and
+serving are imported inside the commands, so ``neuroserve --help`` is instant and a serving
+image without torch can still run ``neuroserve serve``.
+
+User mistakes (``PipelineError``, ``training.TrainingError``, an unreachable store or API) print
+one red line and exit with code 2; anything else is a bug and keeps its traceback.
+
+Adding a command: write a function with typer-annotated parameters in its own module and
+register it with :func:`register_command` (or ``app.command(name)(fn)``) at the bottom of this
+file. Call :func:`bootstrap` first in any command that imports Prefect.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="neuroserve",
+    help="Train, compare, register, schedule and score neural nets; serve them over gRPC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+KINDS_HELP = "Model family: fnn (tables), cnn (images), lstm or gru (series, text)."
+DATA_HELP = (
+    "Built-in data set (mnist, digits, diabetes, breast-cancer, wine, sunspots, co2, "
+    "pydoc-text) or a path to a CSV, .npz, image folder or text file."
+)
+PER_DATA = "per kind and data set"
+#: Data set used when --data is not given: a small built-in one that fits the kind.
+DEFAULT_DATA = {"fnn": "breast-cancer", "cnn": "digits", "lstm": "sunspots", "gru": "sunspots"}
+DATA_DEFAULT_HELP = "per kind: fnn breast-cancer, cnn digits, lstm/gru sunspots"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one red line (never wrapped) and exit with ``code``."""
+    text = " ".join(str(message).split())
+    err_console.print(
+        f"[bold red]error:[/bold red] {text}", soft_wrap=True, markup=True, highlight=False
+    )
+    raise typer.Exit(code)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's (or the environment's) doing, imported lazily."""
+    from pipelines.errors import PipelineError
+
+    types: list[type[BaseException]] = [PipelineError]
+    try:
+        from training import TrainingError
+
+        types.append(TrainingError)
+    except ImportError:  # serving-only install: no training errors can occur
+        pass
+    return tuple(types)
+
+
+def user_errors(fn: F) -> F:
+    """Turn user errors into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if isinstance(exc, _user_error_types()):
+                fail(str(exc))
+            if _is_connection_error(exc):
+                fail(f"cannot reach a service: {exc}")
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """httpx / OS connection failures reaching Prefect's API."""
+    try:
+        import httpx
+
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, ConnectionError)
+
+
+def bootstrap(check_prefect: bool = True) -> None:
+    """Environment first (PREFECT_HOME, analytics off), then quiet library loggers.
+
+    With ``PREFECT_API_URL`` set, check the API answers before any flow starts, so a dead
+    server is one clear line rather than a stack of retries.
+    """
+    from pipelines import settings
+
+    settings.prepare_environment()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("serving").setLevel(logging.WARNING)
+    url = os.environ.get("PREFECT_API_URL")
+    if check_prefect and url:
+        from pipelines.schedule import check_api
+
+        check_api(url)
+
+
+def register_command(fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:
+    """Add a subcommand (e.g. the lead's ``demo``) with user-error handling."""
+    app.command(name, **kwargs)(user_errors(fn))
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def _print_train(outcome: Any) -> None:
+    o = outcome
+    better = "higher" if o.higher_is_better else "lower"
+    table = Table(title=f"{o.model_name} v{o.version}: test metrics vs baseline")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("baseline", justify="right")
+    for key in sorted(set(o.test_metrics) | set(o.baseline_metrics)):
+        mark = " *" if key == o.metric_name else ""
+        model_v = o.test_metrics.get(key)
+        base_v = o.baseline_metrics.get(key)
+        table.add_row(
+            key + mark,
+            "-" if model_v is None else f"{model_v:.4f}",
+            "-" if base_v is None else f"{base_v:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"* primary metric ({better} is better); parity max abs diff {o.parity_max_abs_diff:.2e}"
+    )
+    colour = "green" if o.alias == "champion" else "yellow"
+    console.print(
+        f"[bold {colour}]{o.model_name} v{o.version} -> @{o.alias}[/bold {colour}]: {o.reason}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"MLflow run {o.run_id} at {o.tracking_uri}; model {o.model_uri}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
+    *,
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw, sgd, rmsprop...")] = "adam",
+    activation: Annotated[str, typer.Option(help="relu, sigmoid, tanh, leaky_relu...")] = "relu",
+    seed: Annotated[int, typer.Option(help="Random seed (data split and weights).")] = 42,
+    target: Annotated[
+        str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Registered model name.", show_default="<data set>-<kind>"),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Look-back length (series, text).", show_default=PER_DATA)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use at most this many samples.", show_default="all")
+    ] = None,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Make it champion even if the gate says no.")
+    ] = False,
+) -> None:
+    """Train one model, evaluate it against a baseline, export ONNX, record it in MLflow,
+    register a version and gate it to @champion or @challenger."""
+    bootstrap()
+    from pipelines import specs
+    from pipelines.flows import train_flow
+
+    spec = specs.build_spec(
+        kind,
+        data or DEFAULT_DATA.get(kind, "digits"),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        activation=activation,
+        seed=seed,
+        target=target,
+        window=window,
+        limit=limit,
+        patience=patience,
+    )
+    outcome = train_flow(spec.to_dict(), model_name=name, promote=promote)
+    _print_train(outcome)
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+@app.command()
+@user_errors
+def compare(
+    kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
+    *,
+    vary: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=V1,V2,... with NAME one of activation, optimizer, lr, batch_size, "
+            "epochs, seed; repeat for a grid.",
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="Optimizer when not varied.")] = "adam",
+    activation: Annotated[str, typer.Option(help="Activation when not varied.")] = "relu",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    target: Annotated[
+        str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Experiment (model) name.", show_default="<data set>-<kind>"),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Look-back length.", show_default=PER_DATA)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use at most this many samples.", show_default="all")
+    ] = None,
+) -> None:
+    """Train variants side by side under one parent MLflow run; name the winner."""
+    bootstrap()
+    from pipelines import compare as compare_mod
+    from pipelines import specs
+
+    spec = specs.build_spec(
+        kind,
+        data or DEFAULT_DATA.get(kind, "digits"),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        activation=activation,
+        seed=seed,
+        target=target,
+        window=window,
+        limit=limit,
+    )
+    # Checked before anything runs: unknown parameters or values are one red line.
+    compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary])
+    outcome = compare_mod.compare_flow(spec.to_dict(), list(vary), model_name=name)
+    m = outcome.metric_name
+    table = Table(
+        title=f"{outcome.model_name}: variants ({m}, "
+        f"{'higher' if outcome.higher_is_better else 'lower'} is better)"
+    )
+    for col in ("variant", f"val {m}", f"test {m}", f"baseline {m}", "best epoch", "seconds"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in outcome.rows:
+        style = "bold green" if r.variant == outcome.winner else None
+        table.add_row(
+            r.variant,
+            f"{r.val_metric:.4f}",
+            f"{r.test_metric:.4f}",
+            f"{r.baseline_metric:.4f}",
+            str(r.best_epoch),
+            f"{r.train_seconds:.1f}",
+            style=style,
+        )
+    console.print(table)
+    console.print(
+        f"[bold green]winner: {outcome.winner}[/bold green] (best validation {m}); "
+        f"parent MLflow run {outcome.parent_run_id}",
+        soft_wrap=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# retrain, schedule
+
+
+@app.command()
+@user_errors
+def retrain(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Only these registered models.", show_default="all"),
+    ] = None,
+) -> None:
+    """Retrain registered models from their champion's stored spec, through the same gate."""
+    bootstrap()
+    from pipelines.flows import retrain_flow
+
+    reports = retrain_flow(list(model) if model else None)
+    table = Table(title="retrain")
+    table.add_column("model")
+    table.add_column("result")
+    for r in reports:
+        table.add_row(r.model_name, ("[green]" if r.ok else "[yellow]") + r.detail)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron expression for retraining.")] = "0 3 * * *",
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Only these registered models.", show_default="all"),
+    ] = None,
+    start_server: Annotated[
+        bool,
+        typer.Option(
+            help="Start a local Prefect server when PREFECT_API_URL is unset (schedules need one)."
+        ),
+    ] = True,
+) -> None:
+    """Serve retraining on a cron schedule (Prefect serve); blocks until Ctrl-C."""
+    bootstrap(check_prefect=False)
+    from pipelines import schedule as schedule_mod
+
+    schedule_mod.deployments(cron, list(model) if model else None)  # validate before starting
+    schedule_mod.serve(
+        cron,
+        list(model) if model else None,
+        start_server=start_server,
+        say=lambda text: console.print(text, soft_wrap=True, highlight=False),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# score, models
+
+
+@app.command()
+@user_errors
+def score(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="NAME (alias champion), NAME@ALIAS, NAME/VERSION or a .onnx file.",
+            show_default=False,
+        ),
+    ],
+    *,
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="CSV/Parquet table or series, .npz, or image folder.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Output .csv or .parquet.", show_default=False)
+    ],
+    chunk_size: Annotated[int, typer.Option(help="Rows per chunk (one Prefect task each).")] = 1024,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786) to run chunks on.",
+            show_default="local threads",
+        ),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Column holding row ids to keep.", show_default="id/row_id/... if any"),
+    ] = None,
+) -> None:
+    """Score a file in chunks with ONNX Runtime; keep row ids, add predictions."""
+    bootstrap()
+    from pipelines import registry
+    from pipelines.score import run_score
+
+    ref = registry.parse_ref(model)
+    client = None
+    if ref.path is None:
+        from pipelines import tracking
+
+        client = tracking.connect()
+    resolved = registry.resolve(client, ref)
+    label = str(ref) if ref.path else f"{resolved.name} v{resolved.version} ({ref})"
+    outcome = run_score(
+        str(resolved.path),
+        input,
+        output,
+        chunk_size=chunk_size,
+        dask_address=dask,
+        id_column=id_column,
+        model_label=label,
+    )
+    console.print(
+        f"scored {outcome.rows} rows with {label} in {outcome.chunks} chunk(s), "
+        f"{outcome.seconds:.2f} s ({outcome.rows_per_second:,.0f} rows/s) -> {outcome.output}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """Registered models, their champion version and its primary test metric."""
+    bootstrap(check_prefect=False)
+    from pipelines import registry, tracking
+
+    rows = registry.summarize(tracking.connect())
+    table = Table(title="registered models")
+    for col in ("model", "champion", "metric", "value", "latest", "aliases"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.name,
+            f"v{r.champion_version}" if r.champion_version else "-",
+            r.metric_name or "-",
+            "-" if r.metric_value is None else f"{r.metric_value:.4f}",
+            f"v{r.latest_version}",
+            ", ".join(f"{a}=v{v}" for a, v in sorted(r.aliases.items())) or "-",
+        )
+    if not rows:
+        console.print(
+            "no registered models yet; train one with `neuroserve train cnn --data digits`"
+        )
+        return
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# serving (forwarded; no torch, no Prefect)
+
+_FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_FORWARD, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Start the gRPC server (arguments go to serving; `neuroserve serve --help`)."""
+    from serving.cli import serve_main
+
+    raise typer.Exit(serve_main(list(ctx.args)))
+
+
+@app.command(context_settings=_FORWARD, add_help_option=False)
+def predict(ctx: typer.Context) -> None:
+    """Send a prediction over gRPC (arguments go to serving; `neuroserve predict --help`)."""
+    from serving.cli import predict_main
+
+    raise typer.Exit(predict_main(list(ctx.args)))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

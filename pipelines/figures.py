@@ -1,0 +1,125 @@
+"""The figures ops look at in a run: learning curves, confusion matrix, forecast vs truth, and
+sample next-word completions for text models.
+
+Matplotlib runs headless (Agg): flows run on servers and in Prefect workers with no display.
+Each function returns a Figure (or text) and never touches MLflow; the flow logs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+CLASSIFIER_TASKS = ("binary", "multiclass")
+
+
+def learning_curves(history: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Train/val loss (left) and every validation metric (right) per epoch."""
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+    for key in ("train_loss", "val_loss"):
+        if history and key in history[0]:
+            ax_loss.plot(epochs, [float(h[key]) for h in history], marker="o", label=key)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("loss")
+    ax_loss.legend()
+    metric_keys = sorted(
+        {k for h in history for k in h if k.startswith("val_") and k != "val_loss"}
+    )
+    for key in metric_keys:
+        ax_metric.plot(epochs, [float(h.get(key, np.nan)) for h in history], marker="o", label=key)
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_title("validation metrics")
+    if metric_keys:
+        ax_metric.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(
+    y_true: np.ndarray, output: np.ndarray, labels: Sequence[str], title: str
+) -> Figure:
+    """Counts of true class (rows) against predicted class (columns) on the test split."""
+    k = output.shape[1]
+    pred = np.asarray(output).argmax(axis=1)
+    truth = np.asarray(y_true).reshape(-1).astype(int)
+    counts = np.zeros((k, k), dtype=int)
+    np.add.at(counts, (truth, pred), 1)
+    names = list(labels) if len(labels) == k else [str(i) for i in range(k)]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def forecast_vs_truth(y_true: np.ndarray, output: np.ndarray, title: str) -> Figure:
+    """One-step-ahead forecasts over the test split against what really happened."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(np.asarray(y_true).reshape(-1), label="truth")
+    ax.plot(np.asarray(output).reshape(-1), label="forecast", alpha=0.8)
+    ax.set_xlabel("test step")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def regression_scatter(y_true: np.ndarray, output: np.ndarray, title: str) -> Figure:
+    """Predicted against true values; the diagonal is perfect."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    truth = np.asarray(y_true).reshape(-1)
+    pred = np.asarray(output).reshape(-1)
+    ax.scatter(truth, pred, s=8, alpha=0.6)
+    lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def next_word_samples(
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    output: np.ndarray,
+    vocabulary: Sequence[str],
+    *,
+    n: int = 10,
+    top: int = 3,
+) -> str:
+    """Plain-text sample completions: context, the true next word, the model's top guesses."""
+    lines = []
+    vocab = list(vocabulary)
+
+    def word(i: int) -> str:
+        return vocab[i] if 0 <= i < len(vocab) else f"<{i}>"
+
+    for row in range(min(n, len(x_test))):
+        context = " ".join(word(int(t)) for t in np.asarray(x_test[row]).reshape(-1))
+        guesses = np.argsort(-output[row])[:top]
+        shown = ", ".join(f"{word(int(g))} ({output[row][g]:.2f})" for g in guesses)
+        lines.append(f"... {context} -> true: {word(int(y_test[row]))} | model: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def close(fig: Figure) -> None:
+    """Free the figure's memory (pyplot keeps references otherwise)."""
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""The quality gate: which alias a freshly registered version earns, and why.
+
+Pure logic on numbers, no I/O, so every branch is testable alone. The flow gathers the inputs
+(parity result, the candidate's and the baseline's test metric, the current champion re-scored
+on the candidate's own test split) and applies the decision as the very last step.
+
+Rules, in order:
+
+1. Parity must have passed (ONNX Runtime agrees with torch within tolerance).
+2. The candidate must beat the classical baseline on the primary metric.
+3. It must beat the current champion on the same test split; the first model of a name has no
+   champion and wins on 1 and 2 alone. A champion that cannot be scored on this split (other
+   inputs) is not beaten by default: replacing it is a human decision (``--promote``).
+
+``--promote`` overrides rules 2 and 3 and the override is recorded as such; it never overrides a
+parity failure, because such a file would serve answers the trained model never gave.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion, re-scored on the candidate's test split.
+
+    ``metric`` is None when it could not be scored there; ``problem`` then says why.
+    """
+
+    version: str
+    metric: float | None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """Everything the gate decides on."""
+
+    metric_name: str
+    higher_is_better: bool
+    candidate: float
+    baseline: float
+    parity_passed: bool
+    parity_max_abs_diff: float
+    champion: ChampionScore | None = None
+    promote: bool = False
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The verdict: the alias to set, whether the gate itself passed, and the reason in words."""
+
+    alias: str
+    passed: bool
+    overridden: bool
+    reason: str
+
+    @property
+    def is_champion(self) -> bool:
+        """True when the version becomes the served model."""
+        return self.alias == CHAMPION
+
+
+def _beats(a: float, b: float, higher_is_better: bool) -> bool:
+    """Strictly better; NaN never beats anything."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if higher_is_better else a < b
+
+
+def _fmt(name: str, value: float) -> str:
+    return f"{name}={value:.4f}"
+
+
+def judge(inp: GateInput) -> tuple[bool, str]:
+    """Apply rules 1-3; return (passed, reason)."""
+    m = inp.metric_name
+    direction = "higher" if inp.higher_is_better else "lower"
+    if not inp.parity_passed:
+        return False, (
+            f"ONNX parity check failed (max abs diff {inp.parity_max_abs_diff:.2e} over tolerance)"
+        )
+    if not _beats(inp.candidate, inp.baseline, inp.higher_is_better):
+        return False, (
+            f"does not beat the baseline on {m} ({direction} is better): candidate "
+            f"{_fmt(m, inp.candidate)} vs baseline {_fmt(m, inp.baseline)}"
+        )
+    champ = inp.champion
+    if champ is None:
+        return True, (
+            f"first model of this name; beats the baseline ({_fmt(m, inp.candidate)} vs "
+            f"{inp.baseline:.4f}) and passed parity"
+        )
+    if champ.metric is None:
+        return False, (
+            f"champion v{champ.version} could not be scored on this test split "
+            f"({champ.problem}); not comparable, so it stays champion"
+        )
+    if not _beats(inp.candidate, champ.metric, inp.higher_is_better):
+        return False, (
+            f"does not beat champion v{champ.version} on the same test split ({direction} is "
+            f"better): candidate {_fmt(m, inp.candidate)} vs champion {_fmt(m, champ.metric)}"
+        )
+    return True, (
+        f"beats champion v{champ.version} ({_fmt(m, inp.candidate)} vs {champ.metric:.4f}) "
+        f"and the baseline ({inp.baseline:.4f}); parity passed"
+    )
+
+
+def decide(inp: GateInput) -> GateDecision:
+    """The alias for the candidate: ``champion`` if it passed the gate or was promoted."""
+    passed, reason = judge(inp)
+    if passed:
+        return GateDecision(alias=CHAMPION, passed=True, overridden=False, reason=reason)
+    if inp.promote and inp.parity_passed:
+        return GateDecision(
+            alias=CHAMPION,
+            passed=False,
+            overridden=True,
+            reason=f"promoted by --promote, overriding the gate, which said: {reason}",
+        )
+    return GateDecision(alias=CHALLENGER, passed=False, overridden=False, reason=reason)

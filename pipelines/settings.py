@@ -1,0 +1,79 @@
+"""Where the pipelines keep state and how patient they are, read from the environment.
+
+Nothing here imports Prefect, MLflow, torch or serving at module level: the CLI calls
+:func:`prepare_environment` before Prefect is imported, because Prefect reads ``PREFECT_HOME`` and
+its analytics switches once, at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Environment variable names, in one place.
+ENV_RETRIES = "NEUROSERVE_RETRIES"
+ENV_RETRY_DELAY = "NEUROSERVE_RETRY_DELAY"
+
+
+def home_dir() -> Path:
+    """``NEUROSERVE_HOME``; serving.settings is the one place that computes it (contracts.md)."""
+    from serving.settings import home_dir as serving_home_dir
+
+    return Path(serving_home_dir())
+
+
+def prepare_environment() -> None:
+    """Point Prefect at ``$NEUROSERVE_HOME/prefect`` (if unset) and switch its analytics off.
+
+    Must run before ``import prefect``; later calls are harmless. Prefect stays in its ephemeral
+    mode unless the user set ``PREFECT_API_URL``: nothing to start for a one-off run.
+    """
+    if not os.environ.get("PREFECT_HOME"):
+        os.environ["PREFECT_HOME"] = str(home_dir() / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # A quiet terminal: the CLI prints its own summary and one red line per user error; Prefect's
+    # full logs (tracebacks included) still go to its API and UI. Set this to INFO to see them.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store under ``NEUROSERVE_HOME``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    from serving.settings import default_tracking_uri
+
+    return str(default_tracking_uri())
+
+
+def artifact_root() -> Path:
+    """Where experiments store artifacts: ``$NEUROSERVE_HOME/mlartifacts`` (never ./mlruns)."""
+    return home_dir() / "mlartifacts"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long I/O steps (MLflow, files) retry before giving up."""
+
+    attempts: int
+    delay_seconds: float
+
+
+def retry_policy() -> RetryPolicy:
+    """Read ``NEUROSERVE_RETRIES`` (default 3 attempts) and ``NEUROSERVE_RETRY_DELAY`` (2 s)."""
+    attempts = int(os.environ.get(ENV_RETRIES, "3"))
+    delay = float(os.environ.get(ENV_RETRY_DELAY, "2"))
+    return RetryPolicy(attempts=max(1, attempts), delay_seconds=max(0.0, delay))
+
+
+def task_retries() -> int:
+    """Retries (not attempts) for Prefect tasks that do I/O."""
+    return retry_policy().attempts - 1
+
+
+def task_retry_delay() -> float:
+    """Seconds between retries of Prefect I/O tasks."""
+    return retry_policy().delay_seconds
