@@ -293,6 +293,9 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
         array = _decode_values(model, tensor, raw_contents[i] if uses_raw else None)
         if text_input:
             array = _tokenize(sig, spec, array)
+        elif spec.datatype == "BYTES":
+            _check_shape(sig, spec, array.shape)
+            array = _utf8(sig.name, tensor.name, array)
         else:
             _check_shape(sig, spec, array.shape)
             if array.dtype.kind == "f" and not sig.accepts_non_finite:
@@ -313,6 +316,20 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
     requested = _requested_outputs(sig, request)
     signature = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items()))
     return DecodedRequest(feeds, batch_size, requested, raw=uses_raw, signature=signature)
+
+
+def _utf8(model: str, name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX string tensors hold UTF-8 text: decode BYTES elements, refusing invalid ones."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = item if isinstance(item, str) else bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                model, "BYTES element is not UTF-8 text", tensor=name, got=f"element {i}"
+            ) from exc
+    return out
 
 
 def _tokenize(sig: ModelSignature, spec: TensorSpec, texts: np.ndarray) -> np.ndarray:

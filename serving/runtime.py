@@ -103,6 +103,17 @@ def _specs(args: Sequence[Any]) -> list[TensorSpec]:
     ]
 
 
+def _as_ort(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime takes string tensors as ``str`` objects; decode UTF-8 ``bytes`` elements."""
+    if array.dtype.kind == "S" or (
+        array.dtype.kind == "O" and array.size and isinstance(array.flat[0], bytes)
+    ):
+        return np.vectorize(
+            lambda b: b.decode("utf-8") if isinstance(b, bytes) else b, otypes=[object]
+        )(array)
+    return array
+
+
 class OnnxModel:
     """One ONNX file in one ONNX Runtime session; synchronous and thread-safe to ``run``.
 
@@ -180,6 +191,7 @@ class OnnxModel:
     ) -> dict[str, np.ndarray]:
         """Run the session; return ``{output name: array}`` for the requested (default: all)."""
         names = list(output_names) if output_names else self.output_names
+        feeds = {k: _as_ort(v) for k, v in feeds.items()}
         if self._use_io_binding:
             return self._run_bound(feeds, names)
         results = self.session.run(names, dict(feeds))
