@@ -156,6 +156,18 @@ class Batcher:
             size += item.batch_size
         return taken, size
 
+    @staticmethod
+    def _cut_at_preferred(batch: list[_Item], preferred: set[int]) -> list[_Item]:
+        """Shorten the batch to its largest prefix whose size is a preferred batch size."""
+        if not preferred:
+            return batch
+        size, cut = 0, 0
+        for i, item in enumerate(batch, 1):
+            size += item.batch_size
+            if size in preferred:
+                cut = i
+        return batch[:cut] if cut else batch
+
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         delay_ns = self.config.max_queue_delay_us * 1000
@@ -185,6 +197,7 @@ class Batcher:
                         await self._wakeup.wait()
                 except TimeoutError:
                     pass
+            batch = self._cut_at_preferred(batch, preferred)
             for item in batch:
                 self._pending.remove(item)
             now = loop.time()

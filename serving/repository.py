@@ -276,11 +276,15 @@ class Repository:
         entry.held_unloaded = False
         entry.failed.clear()  # an explicit load retries everything
         await self._reconcile(entry, found[name])
-        if entry.current is None:
-            reasons = "; ".join(
-                f"version {v}: {r.reason}" for v, r in sorted(entry.records.items()) if r.reason
+        if not found[name]:
+            raise ModelLoadError(name, "-", "no versions with a model.onnx found")
+        newest = max(found[name], key=lambda c: int(c.version))
+        if newest.version in entry.failed:
+            serving = entry.current.version if entry.current else "none"
+            reason = entry.records[newest.version].reason
+            raise ModelLoadError(
+                name, newest.version, f"{reason} (still serving version {serving})"
             )
-            raise ModelLoadError(name, "any", reasons or "no versions found")
 
     async def unload_model(self, name: str) -> None:
         """RepositoryModelUnload: stop serving the model until it is loaded again."""
