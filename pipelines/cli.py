@@ -485,6 +485,15 @@ def predict(ctx: typer.Context) -> None:
     raise typer.Exit(predict_main(list(ctx.args)))
 
 
+def _register_demo() -> None:
+    from pipelines.demo import demo
+
+    register_command(demo, "demo")
+
+
+_register_demo()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
