@@ -169,7 +169,7 @@ def test_requests_past_their_deadline_are_not_computed():
         await batcher.close()
         return runtime.calls, result
 
-    calls, (first, late) = asyncio.run(scenario())
+    calls, (_first, late) = asyncio.run(scenario())
     assert isinstance(late, DeadlineExceededError)
     assert calls == [2]
 
