@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -263,7 +262,7 @@ def _log_parent(
     """Table (markdown, CSV and MLflow table), curves plot and the winner on the parent run."""
     import pandas as pd
 
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     run_id = outcome.parent_run_id
     frame = pd.DataFrame([asdict(r) for r in outcome.rows])
     client.log_table(run_id, data=frame, artifact_file="comparison.json")

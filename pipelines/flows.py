@@ -170,7 +170,7 @@ def start_run(
     extra_tags: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     """Create the experiment (if new) and the run; return (experiment id, run id)."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     spec = specs.spec_from_dict(spec_dict)
     experiment_id = tracking.ensure_experiment(client, model_name)
     tags = tracking.run_tags(spec, model_name)
@@ -187,7 +187,7 @@ def start_run(
 )
 def end_run(uri: str, run_id: str, status: str, error: str = "") -> None:
     """Close the run as FINISHED or FAILED (with the error as a tag)."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     if error:
         client.set_tag(run_id, "neuroserve.error", error[:5000])
     client.set_terminated(run_id, status=status)
@@ -197,7 +197,7 @@ def end_run(uri: str, run_id: str, status: str, error: str = "") -> None:
 def train_model(spec_dict: dict[str, Any], uri: str, run_id: str) -> training.TrainResult:
     """Train with per-epoch MLflow logging; the torch model stays in memory (no cache)."""
     spec = specs.spec_from_dict(spec_dict)
-    callback = tracking.MlflowCallback(MlflowClient(uri), run_id)
+    callback = tracking.MlflowCallback(tracking.client_for(uri), run_id)
     return training.train(spec, callbacks=[callback])
 
 
@@ -209,7 +209,7 @@ def train_model(spec_dict: dict[str, Any], uri: str, run_id: str) -> training.Tr
 )
 def log_results(uri: str, run_id: str, result: training.TrainResult, data_ref: str) -> None:
     """Params (the resolved spec), final metrics, data set input, spec artifact, data tags."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     spec = result.spec
     tracking.log_params(client, run_id, spec.to_dict())
     metrics = {f"test_{k}": v for k, v in result.test_metrics.items()}
@@ -240,7 +240,7 @@ def log_results(uri: str, run_id: str, result: training.TrainResult, data_ref: s
 )
 def log_figures(uri: str, run_id: str, result: training.TrainResult, title: str) -> list[str]:
     """Learning curves always; then the figure that fits the task. Returns artifact paths."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     data = result.data
     logged = []
     fig = figures.learning_curves(result.history, title)
@@ -343,7 +343,7 @@ def register_version(
     uri: str, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]
 ) -> str:
     """Register (idempotently per run: a retried task reuses its version) and wait for READY."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     for mv in client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'"):
         if mv.status == "READY":
             return str(mv.version)
@@ -361,6 +361,7 @@ def score_champion(
     model_name: str,
     candidate_version: str,
     *,
+    candidate_path: str,
     x_test: np.ndarray,
     y_test: np.ndarray,
     task_name: str,
@@ -371,30 +372,42 @@ def score_champion(
     Stored metrics are not comparable across runs (other seed, other limit, other split); the
     same rows through the champion's own file are.
     """
-    from serving.datatypes import NUMPY_OF
-    from serving.runtime import OnnxModel
-
     client = _client(uri)
     champ = registry.find_champion(client, model_name)
     if champ is None or str(champ.version) == candidate_version:
         return None
-    model = OnnxModel(registry.download_onnx(client, champ), intra_op_threads=2)
+    champion_path = registry.download_onnx(client, champ)
+    metric = onnx_metric(champion_path, x_test, y_test, task_name, metric_name)
+    if isinstance(metric, str):
+        return gate.ChampionScore(str(champ.version), None, metric)
+    # The candidate through the same code path (its ONNX file, same rows): ties stay ties
+    # instead of being decided by float noise between torch and ONNX Runtime.
+    mine = onnx_metric(candidate_path, x_test, y_test, task_name, metric_name)
+    return gate.ChampionScore(
+        str(champ.version), metric, candidate_metric=None if isinstance(mine, str) else mine
+    )
+
+
+def onnx_metric(
+    path: str | Path, x_test: np.ndarray, y_test: np.ndarray, task_name: str, metric_name: str
+) -> float | str:
+    """``metric_name`` of an ONNX file on a split, or a string saying why it cannot run it."""
+    from serving.datatypes import NUMPY_OF
+    from serving.runtime import OnnxModel
+
+    model = OnnxModel(path, intra_op_threads=2)
     spec = model.inputs[0]
     x = np.asarray(x_test).astype(NUMPY_OF.get(spec.datatype, np.float32))
     fixed = [(i, d) for i, d in enumerate(spec.shape) if d != -1]
     if x.ndim != len(spec.shape) or any(x.shape[i] != d for i, d in fixed):
-        return gate.ChampionScore(
-            str(champ.version),
-            None,
-            f"it expects input shape {list(spec.shape)}, the test split has {list(x.shape)}",
-        )
+        return f"it expects input shape {list(spec.shape)}, the test split has {list(x.shape)}"
     outputs = []
     for start in range(0, len(x), 1024):
         outputs.append(model.run({spec.name: x[start : start + 1024]})[model.output_names[0]])
     scores = training.evaluate(task_name, y_test, np.concatenate(outputs))
     if metric_name not in scores:
-        raise GateError(f"evaluate() returned no {metric_name!r} for the champion")
-    return gate.ChampionScore(str(champ.version), float(scores[metric_name]))
+        raise GateError(f"evaluate() returned no {metric_name!r} for {path}")
+    return float(scores[metric_name])
 
 
 @task(
@@ -406,7 +419,7 @@ def score_champion(
 def record_decision(uri: str, model_name: str, version: str, decision: gate.GateDecision) -> None:
     """The verdict on the version (tags + description); marks it ready for an alias."""
     registry.record_decision(
-        MlflowClient(uri),
+        tracking.client_for(uri),
         model_name,
         version,
         alias=decision.alias,
@@ -423,7 +436,7 @@ def record_decision(uri: str, model_name: str, version: str, decision: gate.Gate
 )
 def set_alias(uri: str, model_name: str, alias: str, version: str) -> None:
     """The last step: move the alias."""
-    registry.set_alias(MlflowClient(uri), model_name, alias, version)
+    registry.set_alias(tracking.client_for(uri), model_name, alias, version)
 
 
 def _artifact_key(model_name: str) -> str:
@@ -487,6 +500,31 @@ def train_and_log(
     return result, logged
 
 
+def _export_and_register(
+    uri: str, run_id: str, name: str, result: training.TrainResult, onnx_path: str
+) -> tuple[float, str]:
+    """Export with the parity check, log the model, register a version; (parity, version)."""
+    client = tracking.client_for(uri)
+    try:
+        report = export_model(result, onnx_path, run_id, name)
+    except training.ExportError as exc:
+        client.set_tag(run_id, "neuroserve.parity", "failed")
+        raise PipelineError(f"ONNX export of {name} failed its parity check: {exc}") from exc
+    parity = float(report.max_abs_diff)
+    tracking.log_metrics(
+        client, run_id, {"parity_max_abs_diff": parity, "onnx_size_bytes": report.size_bytes}
+    )
+    client.set_tag(run_id, "neuroserve.parity", "passed")
+    model_uri = log_model(uri, run_id, onnx_path, np.asarray(result.data.x_test[:2]))
+    version_tags = {
+        "neuroserve.data_sha256": str(result.data.sha256),
+        "neuroserve.primary_metric": str(result.primary_metric),
+        tracking.SPEC_TAG: tracking.spec_json(result.spec),
+        "neuroserve.git_commit": tracking.git_commit(),
+    }
+    return parity, register_version(uri, name, model_uri, run_id, version_tags)
+
+
 @flow(name="train", log_prints=True)
 def train_flow(
     spec_dict: dict[str, Any], model_name: str | None = None, promote: bool = False
@@ -501,41 +539,20 @@ def train_flow(
     experiment_id, run_id = start_run(uri, name, spec_dict, run_name=f"{name}-train")
     try:
         result, logged = train_and_log(uri, run_id, spec_dict, name)
-        client = MlflowClient(uri)
+        metric = str(result.primary_metric)
         with tempfile.TemporaryDirectory(prefix="neuroserve-export-") as tmp:
             onnx_path = str(Path(tmp) / "model.onnx")
-            try:
-                report = export_model(result, onnx_path, run_id, name)
-            except training.ExportError as exc:
-                client.set_tag(run_id, "neuroserve.parity", "failed")
-                raise PipelineError(
-                    f"ONNX export of {name} failed its parity check: {exc}"
-                ) from exc
-            parity = float(report.max_abs_diff)
-            tracking.log_metrics(
-                client,
-                run_id,
-                {"parity_max_abs_diff": parity, "onnx_size_bytes": report.size_bytes},
+            parity, version = _export_and_register(uri, run_id, name, result, onnx_path)
+            champ = score_champion(
+                uri,
+                name,
+                version,
+                candidate_path=onnx_path,
+                x_test=result.data.x_test,
+                y_test=result.data.y_test,
+                task_name=str(result.data.task),
+                metric_name=metric,
             )
-            client.set_tag(run_id, "neuroserve.parity", "passed")
-            model_uri = log_model(uri, run_id, onnx_path, np.asarray(result.data.x_test[:2]))
-        version_tags = {
-            "neuroserve.data_sha256": str(result.data.sha256),
-            "neuroserve.primary_metric": str(result.primary_metric),
-            tracking.SPEC_TAG: tracking.spec_json(result.spec),
-            "neuroserve.git_commit": tracking.git_commit(),
-        }
-        version = register_version(uri, name, model_uri, run_id, version_tags)
-        metric = str(result.primary_metric)
-        champ = score_champion(
-            uri,
-            name,
-            version,
-            x_test=result.data.x_test,
-            y_test=result.data.y_test,
-            task_name=str(result.data.task),
-            metric_name=metric,
-        )
         decision = gate.decide(
             gate.GateInput(
                 metric_name=metric,
@@ -570,6 +587,7 @@ def train_flow(
             test_metrics={k: float(v) for k, v in result.test_metrics.items()},
             baseline_metrics={k: float(v) for k, v in result.baseline_metrics.items()},
         )
+        client = tracking.client_for(uri)
         for key, value in {
             "neuroserve.gate": decision.alias,
             "neuroserve.gate.reason": decision.reason,
@@ -613,7 +631,7 @@ class RetrainReport:
 )
 def champion_specs(uri: str, only: list[str] | None = None) -> list[tuple[str, str | None]]:
     """(model name, spec JSON or None) for every registered model's champion."""
-    client = MlflowClient(uri)
+    client = tracking.client_for(uri)
     out: list[tuple[str, str | None]] = []
     for rm in sorted(client.search_registered_models(max_results=1000), key=lambda m: m.name):
         if only and rm.name not in only:

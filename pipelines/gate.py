@@ -35,6 +35,9 @@ class ChampionScore:
     version: str
     metric: float | None
     problem: str = ""
+    #: The candidate's own ONNX file on the same rows, through the same code path; None means
+    #: use ``GateInput.candidate``.
+    candidate_metric: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,14 @@ def judge(inp: GateInput) -> tuple[bool, str]:
             f"champion v{champ.version} could not be scored on this test split "
             f"({champ.problem}); not comparable, so it stays champion"
         )
-    if not _beats(inp.candidate, champ.metric, inp.higher_is_better):
+    mine = inp.candidate if champ.candidate_metric is None else champ.candidate_metric
+    if not _beats(mine, champ.metric, inp.higher_is_better):
         return False, (
             f"does not beat champion v{champ.version} on the same test split ({direction} is "
-            f"better): candidate {_fmt(m, inp.candidate)} vs champion {_fmt(m, champ.metric)}"
+            f"better): candidate {_fmt(m, mine)} vs champion {_fmt(m, champ.metric)}"
         )
     return True, (
-        f"beats champion v{champ.version} ({_fmt(m, inp.candidate)} vs {champ.metric:.4f}) "
+        f"beats champion v{champ.version} ({_fmt(m, mine)} vs {champ.metric:.4f}) "
         f"and the baseline ({inp.baseline:.4f}); parity passed"
     )
 

@@ -126,11 +126,10 @@ def download_onnx(client: MlflowClient, mv: ModelVersion) -> Path:
     if found:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{mv.name}/{mv.version}",
-        dst_path=str(dest),
-        tracking_uri=mlflow.get_tracking_uri(),
-    )
+    # The storage location, not ``models:/``: that scheme resolves through MLflow's
+    # process-wide registry URI, which may name another store than ``client``'s.
+    location = client.get_model_version_download_uri(mv.name, str(mv.version))
+    mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest))
     found = sorted(dest.rglob("*.onnx"))
     if not found:
         raise ModelNotFoundError(f"model {mv.name!r} version {mv.version} holds no .onnx file")

@@ -46,6 +46,15 @@ def _probe(uri: str) -> None:
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
+def client_for(uri: str) -> MlflowClient:
+    """A client whose tracking *and* registry URIs are ``uri``.
+
+    ``MlflowClient(uri)`` alone takes the registry URI from MLflow's process-wide setting, which
+    may name another store; registry calls would then silently go elsewhere.
+    """
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def connect(uri: str | None = None) -> MlflowClient:
     """Return a client for the tracking store, after checking it answers (with retries).
 
@@ -66,7 +75,7 @@ def connect(uri: str | None = None) -> MlflowClient:
         raise TrackingUnavailableError(uri, policy.attempts, last)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client_for(uri)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
