@@ -297,6 +297,7 @@ def log_model(uri: str, run_id: str, onnx_path: str, example: np.ndarray) -> str
     import mlflow
     import mlflow.onnx
     import onnx
+    import onnxruntime as ort
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -328,6 +329,12 @@ def log_model(uri: str, run_id: str, onnx_path: str, example: np.ndarray) -> str
         input_example=np.asarray(example).astype(in_dtype),
         save_as_external_data=False,
         onnx_execution_providers=providers,
+        # Explicit, so MLflow does not spend seconds inferring them in a subprocess.
+        pip_requirements=[
+            f"onnxruntime=={ort.__version__}",
+            f"onnx=={onnx.__version__}",
+            f"numpy=={np.__version__}",
+        ],
         run_id=run_id,
     )
     return str(info.model_uri)

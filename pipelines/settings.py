@@ -31,6 +31,8 @@ def prepare_environment() -> None:
     """
     if not os.environ.get("PREFECT_HOME"):
         os.environ["PREFECT_HOME"] = str(home_dir() / "prefect")
+    # Prefect's ephemeral server cannot create its database in a missing directory.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
