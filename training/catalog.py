@@ -70,7 +70,7 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "gru": {"epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
 }
 _DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cnn", "mnist"): {"epochs": 15},
+    ("cnn", "mnist"): {"epochs": 30},
     ("cnn", "digits"): {"epochs": 60},
     ("lstm", "co2"): {"window": 52},
     ("gru", "co2"): {"window": 52},

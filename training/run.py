@@ -23,7 +23,7 @@ from training.data import DataSplit, load_dataset
 from training.loop import LoopConfig, fit
 from training.metrics import evaluate, primary_metric
 from training.models import CNN, FNN, CNNConfig, FNNConfig, Predictor, RNNConfig, SeriesRNN, TextRNN
-from training.models.cnn import default_channels
+from training.models.cnn import default_channels, default_hidden, default_shift
 from training.models.rnn import AllSteps
 from training.spec import TrainSpec
 
@@ -31,6 +31,7 @@ __all__ = ["TrainResult", "predict", "train"]
 
 PREDICT_BATCH = 1024
 RNN_GRAD_CLIP = 1.0
+TABLE_WEIGHT_DECAY = 1e-2  # small tables overfit fast; tuned on diabetes / breast-cancer
 
 
 @dataclass
@@ -100,7 +101,7 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
     torch.manual_seed(spec.seed)
     plan = _plan(spec, data)
     metric, higher = primary_metric(data.task)
-    monitor = f"val_{metric}"
+    monitor, mon_higher = f"val_{metric}", higher
     x_val = torch.from_numpy(data.x_val)
 
     def validate(_: nn.Module) -> dict[str, float]:
@@ -111,7 +112,7 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         out.update({f"val_{k}": v for k, v in scores.items()})
         return out
 
-    stopper = EarlyStopping(monitor, higher, patience=spec.patience)
+    stopper = EarlyStopping(monitor, mon_higher, patience=spec.patience)
     config = LoopConfig(
         epochs=spec.epochs,
         batch_size=spec.batch_size,
@@ -121,7 +122,7 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         weight_decay=plan.weight_decay,
         grad_clip=plan.grad_clip,
         monitor=monitor,
-        higher_is_better=higher,
+        higher_is_better=mon_higher,
     )
     fitted = fit(
         plan.train_module,
@@ -148,7 +149,7 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         baseline_name=baseline.name,
         baseline_metrics=baseline.metrics,
         primary_metric=metric,
-        higher_is_better=higher,
+        higher_is_better=mon_higher,
         test_output=test_output,
         train_seconds=fitted.train_seconds,
         best_epoch=fitted.best_epoch,
@@ -219,13 +220,19 @@ def _plan_table(spec: TrainSpec, data: DataSplit) -> _Plan:
             return _mse(z, (yv - y_mean) / y_std)
 
         return _Plan(
-            Predictor(net, data.task, y_mean, y_std), net, _mse, val_loss, x, y, weight_decay=1e-4
+            Predictor(net, data.task, y_mean, y_std),
+            net,
+            _mse,
+            val_loss,
+            x,
+            y,
+            weight_decay=TABLE_WEIGHT_DECAY,
         )
     loss, n_out = _classifier_losses(data.task)
     config = FNNConfig(data.x_train.shape[1], n_out or data.n_classes, activation=spec.activation)
     net = FNN(config, mean, std)
     y = torch.from_numpy(data.y_train)
-    return _Plan(Predictor(net, data.task), net, loss, loss, x, y, weight_decay=1e-4)
+    return _Plan(Predictor(net, data.task), net, loss, loss, x, y, weight_decay=TABLE_WEIGHT_DECAY)
 
 
 def _plan_image(data: DataSplit) -> _Plan:
@@ -241,7 +248,9 @@ def _plan_image(data: DataSplit) -> _Plan:
         width=w,
         n_outputs=n_out or data.n_classes,
         channels=default_channels(h, w),
+        hidden=default_hidden(h, w),
         pixel_max=pixel_max,
+        shift=default_shift(h, w),
     )
     net = CNN(config, mean, std)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)

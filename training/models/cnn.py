@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["CNN", "CNNConfig", "default_channels"]
 
@@ -20,16 +21,33 @@ class CNNConfig:
     height: int
     width: int
     n_outputs: int
-    channels: tuple[int, ...] = (32, 64)
-    hidden: int = 128
+    channels: tuple[int, ...] = (16, 32)
+    hidden: int = 64
     dropout: float = 0.3
     pixel_max: float = 255.0
+    shift: int = 0  # random +-shift pixels per training image (augmentation; off in eval/export)
 
 
 def default_channels(height: int, width: int) -> tuple[int, ...]:
-    """Enough blocks to bring the feature map to about 7x7 (28x28 -> 2 blocks, 8x8 -> 2)."""
+    """Enough blocks to bring the feature map to about 7x7 (28x28 -> 2 blocks, 8x8 -> 2).
+
+    Widths double per block from 16 (32 for images of 16x16 or less, which cost little): on a
+    2-core CPU 16/32 channels reach 98% on mnist in a fraction of the time 32/64 take, while on
+    8x8 digits the wider net is the more accurate one.
+    """
     blocks = max(2, min(5, math.ceil(math.log2(max(height, width) / 7))))
-    return tuple(min(32 * 2**i, 128) for i in range(blocks))
+    base = 32 if max(height, width) <= 16 else 16
+    return tuple(min(base * 2**i, 128) for i in range(blocks))
+
+
+def default_hidden(height: int, width: int) -> int:
+    """Width of the dense layer: 128 for small images, 64 otherwise (see ``default_channels``)."""
+    return 128 if max(height, width) <= 16 else 64
+
+
+def default_shift(height: int, width: int) -> int:
+    """Augmentation shift: 2 pixels on 28x28, 1 on 8x8, none below 8x8."""
+    return max(1, min(height, width) // 14) if min(height, width) >= 8 else 0
 
 
 class CNN(nn.Module):
@@ -70,5 +88,26 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, c, h, w]`` raw pixels -> ``[batch, n_outputs]`` logits."""
+        if self.training and self.config.shift > 0:
+            x = random_shift(x, self.config.shift)
         x = (x * self.scale - self.mean) / self.std
         return self.head(self.features(x))
+
+
+def random_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels in ``[-shift, shift]``, zero-fill.
+
+    Small translations are the cheapest label-preserving augmentation for digits and most
+    photos; with a few thousand training images they buy about a point of accuracy. Uses the
+    global torch RNG, so a seeded run stays reproducible.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n,))
+    dx = torch.randint(0, 2 * shift + 1, (n,))
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(
+        n, x.shape[1], h, w + 2 * shift
+    )
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return cropped.gather(3, cols)

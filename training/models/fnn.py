@@ -17,9 +17,9 @@ class FNNConfig:
 
     n_features: int
     n_outputs: int
-    hidden: tuple[int, ...] = (64, 32)
+    hidden: tuple[int, ...] = (32,)
     activation: str = "relu"
-    dropout: float = 0.1
+    dropout: float = 0.2
 
 
 def make_activation(name: str) -> nn.Module:
