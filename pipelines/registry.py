@@ -96,7 +96,7 @@ def get_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
         try:
             return client.get_model_version(ref.name, ref.version)
         except mlflow.exceptions.MlflowException:
-            versions = [v.version for v in client.search_model_versions(f"name='{ref.name}'")]
+            versions = [str(v.version) for v in client.search_model_versions(f"name='{ref.name}'")]
             raise ModelNotFoundError(
                 f"model {ref.name!r} has no version {ref.version}; versions: "
                 f"{', '.join(sorted(versions, key=int)) or 'none'}"

@@ -163,7 +163,7 @@ def deployments(cron: str = DEFAULT_CRON, models: list[str] | None = None) -> li
     from pipelines.flows import retrain_flow
 
     try:
-        schedule = Cron(cron)
+        schedule = Cron(cron, timezone="UTC")
     except ValueError as exc:
         raise PipelineError(
             f"--cron {cron!r} is not a cron expression ({exc}); expected five fields, "
