@@ -217,7 +217,7 @@ def train(
         limit=limit,
         patience=patience,
     )
-    outcome = train_flow(spec.to_dict(), model_name=name, promote=promote)
+    outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
 
 
@@ -285,7 +285,7 @@ def compare(
     )
     # Checked before anything runs: unknown parameters or values are one red line.
     compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary])
-    outcome = compare_mod.compare_flow(spec.to_dict(), list(vary), model_name=name)
+    outcome = compare_mod.compare_flow(spec.to_dict(), list(vary), model_name=name, progress=True)
     m = outcome.metric_name
     table = Table(
         title=f"{outcome.model_name}: variants ({m}, "

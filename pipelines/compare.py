@@ -174,7 +174,10 @@ def table_markdown(o: CompareOutcome) -> str:
 
 @flow(name="compare", log_prints=True)
 def compare_flow(
-    spec_dict: dict[str, Any], vary: list[str], model_name: str | None = None
+    spec_dict: dict[str, Any],
+    vary: list[str],
+    model_name: str | None = None,
+    progress: bool = False,
 ) -> CompareOutcome:
     """Train each variant under one parent run and name the winner."""
     logger = get_run_logger()
@@ -205,7 +208,9 @@ def compare_flow(
                 extra_tags={"neuroserve.variant": label},
             )
             try:
-                result, _ = flows.train_and_log(uri, child, spec.to_dict(), f"{name} {label}")
+                result, _ = flows.train_and_log(
+                    uri, child, spec.to_dict(), f"{name} {label}", progress
+                )
             except BaseException as exc:
                 flows.end_run(uri, child, "FAILED", f"{type(exc).__name__}: {exc}")
                 raise

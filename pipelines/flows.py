@@ -194,11 +194,15 @@ def end_run(uri: str, run_id: str, status: str, error: str = "") -> None:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(spec_dict: dict[str, Any], uri: str, run_id: str) -> training.TrainResult:
+def train_model(
+    spec_dict: dict[str, Any], uri: str, run_id: str, progress: bool = False
+) -> training.TrainResult:
     """Train with per-epoch MLflow logging; the torch model stays in memory (no cache)."""
     spec = specs.spec_from_dict(spec_dict)
-    callback = tracking.MlflowCallback(tracking.client_for(uri), run_id)
-    return training.train(spec, callbacks=[callback])
+    callbacks: list[training.Callback] = [tracking.MlflowCallback(tracking.client_for(uri), run_id)]
+    if progress:
+        callbacks.append(training.RichProgress(description=f"training {spec.kind}"))
+    return training.train(spec, callbacks=callbacks)
 
 
 @task(
@@ -498,10 +502,10 @@ def _error_text(exc: BaseException) -> str:
 
 
 def train_and_log(
-    uri: str, run_id: str, spec_dict: dict[str, Any], title: str
+    uri: str, run_id: str, spec_dict: dict[str, Any], title: str, progress: bool = False
 ) -> tuple[training.TrainResult, list[str]]:
     """Train inside an open run and log everything but the model (shared with compare)."""
-    result = train_model(spec_dict, uri, run_id)
+    result = train_model(spec_dict, uri, run_id, progress)
     log_results(uri, run_id, result, str(spec_dict["data"]))
     logged = log_figures(uri, run_id, result, title)
     return result, logged
@@ -534,9 +538,15 @@ def _export_and_register(
 
 @flow(name="train", log_prints=True)
 def train_flow(
-    spec_dict: dict[str, Any], model_name: str | None = None, promote: bool = False
+    spec_dict: dict[str, Any],
+    model_name: str | None = None,
+    promote: bool = False,
+    progress: bool = False,
 ) -> TrainOutcome:
-    """Train one model from a spec and register it through the quality gate."""
+    """Train one model from a spec and register it through the quality gate.
+
+    ``progress`` shows a per-epoch bar on the terminal (the CLI turns it on).
+    """
     logger = get_run_logger()
     spec = specs.spec_from_dict(spec_dict)
     name = model_name or specs.default_model_name(str(spec.kind), str(spec.data))
@@ -545,7 +555,7 @@ def train_flow(
     describe_data(spec_dict)
     experiment_id, run_id = start_run(uri, name, spec_dict, run_name=f"{name}-train")
     try:
-        result, logged = train_and_log(uri, run_id, spec_dict, name)
+        result, logged = train_and_log(uri, run_id, spec_dict, name, progress)
         metric = str(result.primary_metric)
         with tempfile.TemporaryDirectory(prefix="neuroserve-export-") as tmp:
             onnx_path = str(Path(tmp) / "model.onnx")

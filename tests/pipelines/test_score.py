@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from serving.runtime import OnnxModel
 
 from pipelines.errors import ScoringInputError
 from pipelines.score import run_score
+from serving.runtime import OnnxModel
 from tests.pipelines.conftest import Exported
 
 
