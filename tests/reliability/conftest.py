@@ -58,7 +58,8 @@ def slow_model(matmuls: int = 60) -> onnx.ModelProto:
     The products depend on the input (a scaled identity times the input's sum), so ONNX
     Runtime cannot constant-fold them away, and their cost does not depend on the batch size:
     one session call (~100 ms on one core at the default) costs the same for 1 or 8 rows,
-    which makes queue behaviour easy to reason about. Values stay finite for small inputs (the chain multiplies by identity).
+    which makes queue behaviour easy to reason about. Values stay finite for small inputs
+    (the chain multiplies by the identity).
     """
     eye = numpy_helper.from_array(np.eye(SLOW_N, dtype=np.float32), "I")
     zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
