@@ -1,11 +1,12 @@
 """Dynamic batching: gather concurrent requests for one model version into one session call.
 
 One ``Batcher`` per loaded model version, one consumer task per batcher, one future per request
-(after MLServer's ``batching/adaptive.py``). The consumer takes the oldest request, waits at most
-``max_queue_delay_us`` after that request *arrived* for more (so under load, when requests queued
-up during the previous call, it dispatches at once), stops early at ``max_batch_size`` or a
-preferred size, runs one session call and splits the result. Only requests with the same
-signature (input dtypes and non-batch dims) are merged; others wait for the next batch.
+(after MLServer's ``batching/adaptive.py``). The consumer takes the oldest request plus whatever
+has already arrived, waits at most ``max_queue_delay_us`` after that request *arrived* for more
+(0, the default as in Triton, never waits: requests arriving while a batch computes form the next
+batch), stops early at ``max_batch_size`` or a preferred size, runs one session call and splits
+the result. Only requests with the same signature (input dtypes and non-batch dims) are merged;
+others wait for the next batch.
 
 Failure is per batch: if the session raises, every request in that batch fails with the error and
 the batcher keeps going. The queue is bounded; a full queue refuses new requests at once
@@ -179,6 +180,9 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            # One loop turn lets requests that already arrived join this batch without waiting
+            # for a timer (the event loop's timers resolve to ~1 ms, far above compute times).
+            await asyncio.sleep(0)
             while True:
                 batch, size = self._gather()
                 waited = time.perf_counter_ns() - self._pending[0].enqueued_ns

@@ -65,7 +65,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--max-queue-delay-us",
         dest="max_queue_delay_us",
         type=int,
-        help="how long the batcher waits for more requests, µs (500)",
+        help="how long the batcher may wait for more requests, µs (0)",
     )
     add(
         "--preferred-batch-sizes",

@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     """Settings of one server process (all worker processes share the same values)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NEUROSERVE_", extra="ignore", populate_by_name=True
+        env_prefix="NEUROSERVE_",
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     # --- where models come from -------------------------------------------------------------
@@ -120,9 +123,10 @@ class Settings(BaseSettings):
     max_batch_size: int = 32
     """Largest batch one session call takes, and largest batch a single request may carry."""
 
-    max_queue_delay_us: int = 500
-    """How long the batcher waits for more requests after the first one arrives, in µs. Small:
-    at low load it adds this much latency; at high load batches fill before it expires."""
+    max_queue_delay_us: int = 0
+    """How long the batcher may wait for more requests after the first one arrives, in µs.
+    0 (Triton's default) never waits: requests that arrive while a batch computes form the next
+    batch, so batches grow with load and an idle server adds no latency."""
 
     preferred_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Batch sizes to dispatch at as soon as reached, without waiting out the delay."""
