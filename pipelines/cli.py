@@ -85,6 +85,12 @@ def user_errors(fn: F) -> F:
                 fail(str(exc))
             if _is_connection_error(exc):
                 fail(f"cannot reach a service: {exc}")
+            if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in str(exc):
+                fail(
+                    "Prefect's embedded server did not start in time (busy machine?); raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL "
+                    f"to a running server ({str(exc).splitlines()[0][:200]})"
+                )
             raise
 
     return wrapper  # type: ignore[return-value]

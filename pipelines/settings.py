@@ -36,6 +36,8 @@ def prepare_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Prefect's default 20 s is too short on a busy 2-core machine (training in parallel).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     # A quiet terminal: the CLI prints its own summary and one red line per user error; Prefect's
     # full logs (tracebacks included) still go to its API and UI. Set this to INFO to see them.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
