@@ -206,7 +206,7 @@ def train(
     """Train one model, evaluate it against a baseline, export ONNX, record it in MLflow,
     register a version and gate it to @champion or @challenger."""
     bootstrap()
-    from pipelines import specs
+    from pipelines import settings, specs
     from pipelines.flows import train_flow
 
     spec = specs.build_spec(
@@ -223,7 +223,8 @@ def train(
         limit=limit,
         patience=patience,
     )
-    outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
+    with settings.embedded_flow_settings():
+        outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
 
 
@@ -274,7 +275,7 @@ def compare(
     """Train variants side by side under one parent MLflow run; name the winner."""
     bootstrap()
     from pipelines import compare as compare_mod
-    from pipelines import specs
+    from pipelines import settings, specs
 
     spec = specs.build_spec(
         kind,
@@ -291,7 +292,10 @@ def compare(
     )
     # Checked before anything runs: unknown parameters or values are one red line.
     compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary])
-    outcome = compare_mod.compare_flow(spec.to_dict(), list(vary), model_name=name, progress=True)
+    with settings.embedded_flow_settings():
+        outcome = compare_mod.compare_flow(
+            spec.to_dict(), list(vary), model_name=name, progress=True
+        )
     m = outcome.metric_name
     table = Table(
         title=f"{outcome.model_name}: variants ({m}, "
@@ -332,9 +336,11 @@ def retrain(
 ) -> None:
     """Retrain registered models from their champion's stored spec, through the same gate."""
     bootstrap()
+    from pipelines import settings
     from pipelines.flows import retrain_flow
 
-    reports = retrain_flow(list(model) if model else None)
+    with settings.embedded_flow_settings():
+        reports = retrain_flow(list(model) if model else None)
     table = Table(title="retrain")
     table.add_column("model")
     table.add_column("result")

@@ -480,6 +480,8 @@ def run_score(
     show_progress: bool = True,
 ) -> ScoreOutcome:
     """Run :func:`score_flow` locally, or with its chunks on the Dask cluster at an address."""
+    from pipelines.settings import embedded_flow_settings
+
     runner_flow = score_flow
     if dask_address:
         from prefect_dask import DaskTaskRunner
@@ -487,12 +489,13 @@ def run_score(
         runner_flow = score_flow.with_options(
             task_runner=DaskTaskRunner(address=dask_address)  # type: ignore[arg-type]
         )
-    return runner_flow(
-        model_path,
-        input_path,
-        output_path,
-        chunk_size=chunk_size,
-        id_column=id_column,
-        model_label=model_label,
-        show_progress=show_progress,
-    )
+    with embedded_flow_settings():
+        return runner_flow(
+            model_path,
+            input_path,
+            output_path,
+            chunk_size=chunk_size,
+            id_column=id_column,
+            model_label=model_label,
+            show_progress=show_progress,
+        )

@@ -8,6 +8,8 @@ its analytics switches once, at import time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,24 @@ def tracking_uri() -> str:
 def artifact_root() -> Path:
     """Where experiments store artifacts: ``$NEUROSERVE_HOME/mlartifacts`` (never ./mlruns)."""
     return home_dir() / "mlartifacts"
+
+
+@contextmanager
+def embedded_flow_settings() -> Iterator[None]:
+    """Prefect settings for flows run in-process on the embedded (ephemeral) server.
+
+    Flow-run heartbeats exist so a server can notice a crashed run; the ephemeral server dies
+    with this process, so nobody listens, and Prefect's heartbeat thread costs up to a second at
+    the end of every flow run (it sleeps in 1 s steps). With ``PREFECT_API_URL`` set (a real
+    server, deployments) heartbeats stay on.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 @dataclass(frozen=True)
