@@ -133,6 +133,8 @@ def load_dataset(
             limit=spec.limit,
             seed=spec.seed,
         )
+    if data not in BUILTIN_DATASETS:
+        _check_path(Path(data))
     if kind is None:
         kind = {"table": "fnn", "image": "cnn", "series": "lstm", "text": "lstm"}[
             input_kind_of(data, "fnn")
@@ -145,11 +147,6 @@ def load_dataset(
     if data in BUILTIN_DATASETS:
         return _load_builtin(data, window=window, limit=limit, seed=seed)
     path = Path(data)
-    if not path.exists():
-        raise DataError(
-            f"data {data!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
-            "nor an existing file or folder"
-        )
     if input_kind == "table":
         return _table_from_csv(path, target=target, limit=limit, seed=seed)
     if input_kind == "series":
@@ -167,15 +164,24 @@ def load_dataset(
         )
     if path.suffix.lower() == ".npz":
         x, y, labels = _images_from_npz(path)
-    elif path.is_dir():
-        x, y, labels = _images_from_folder(path)
     else:
+        x, y, labels = _images_from_folder(path)
+    return _image_split(path.name, x, y, labels, limit=limit, seed=seed, source=str(path))
+
+
+def _check_path(path: Path) -> None:
+    """A user path must exist and be a kind of file we read, before anything else is decided."""
+    if not path.exists():
+        raise DataError(
+            f"data {str(path)!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
+            "nor an existing file or folder"
+        )
+    known = (".csv", ".tsv", ".npz", *TEXT_SUFFIXES)
+    if path.is_file() and path.suffix.lower() not in known:
         raise DataError(
             f"cannot read {path.name}: expected a CSV (table or series), a folder of class "
-            "sub-folders of images, an .npz with x and y, or a text file "
-            f"({', '.join(TEXT_SUFFIXES)})"
+            f"sub-folders of images, an .npz with x and y, or a text file ({', '.join(known)})"
         )
-    return _image_split(path.name, x, y, labels, limit=limit, seed=seed, source=str(path))
 
 
 # --------------------------------------------------------------------------- built-in data sets
@@ -726,14 +732,11 @@ def _shuffle_split(
         raise DataError(f"{name!r} has {n} samples; need at least 10 to split train/val/test")
     idx = np.arange(n)
     strat = y if stratify and np.bincount(y).min(initial=n) >= 3 and _enough(y, fractions) else None
-    rest, test = train_test_split(idx, test_size=fractions[2], random_state=seed, stratify=strat)
+    n_test = max(1, round(n * fractions[2]))  # whole counts: 0.1 of 4000 is 500, not 501
+    n_val = max(1, round(n * fractions[1]))
+    rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=strat)
     strat_rest = y[rest] if strat is not None else None
-    train, val = train_test_split(
-        rest,
-        test_size=fractions[1] / (fractions[0] + fractions[1]),
-        random_state=seed,
-        stratify=strat_rest,
-    )
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat_rest)
     return tuple(
         part
         for ids in (train, val, test)
