@@ -16,7 +16,7 @@ TINY_SPECS: dict[str, TrainSpec] = {
     "fnn": TrainSpec("fnn", "breast-cancer", epochs=3, limit=200),
     "fnn-regression": TrainSpec("fnn", "diabetes", epochs=3, limit=150),
     "cnn": TrainSpec("cnn", "mnist", epochs=1, limit=200, batch_size=32),
-    "lstm": TrainSpec("lstm", "sunspots", epochs=2, window=10, limit=120),
+    "lstm": TrainSpec("lstm", "sunspots", epochs=2, window=12, limit=120),
     "gru": TrainSpec("gru", "sunspots", epochs=2, window=10, limit=120),
     "lstm-text": TrainSpec("lstm", "pydoc-text", epochs=1, window=8, limit=2500),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,9 @@ def test_no_target_given_and_no_target_column(tmp_path: Path) -> None:
 
 def test_non_numeric_feature_column(tmp_path: Path) -> None:
     path = _csv(tmp_path, "a,city,target\n1,paris,3\n2,rome,4\n")
-    with pytest.raises(DataError, match="feature column\\(s\\) 'city' in data.csv are not numeric"):
+    with pytest.raises(
+        DataError, match=re.escape("feature column(s) 'city' in data.csv are not numeric")
+    ):
         load_dataset(path, kind="fnn")
 
 
@@ -206,14 +209,16 @@ def test_mixed_image_sizes(tmp_path: Path) -> None:
     for cls, size in (("a", (8, 8)), ("b", (9, 8))):
         (tmp_path / cls).mkdir()
         Image.fromarray(np.zeros((size[1], size[0]), np.uint8)).save(tmp_path / cls / "1.png")
-    with pytest.raises(DataError, match="images of mixed sizes: b/1.png is 9x8 but a/1.png is 8x8"):
+    with pytest.raises(
+        DataError, match=re.escape("images of mixed sizes: b/1.png is 9x8 but a/1.png is 8x8")
+    ):
         load_dataset(str(tmp_path), kind="cnn")
 
 
 def test_empty_text_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.txt"
     path.write_text("  \n ... \n")
-    with pytest.raises(DataError, match="text 'empty.txt' has no words"):
+    with pytest.raises(DataError, match=re.escape("text 'empty.txt' has no words")):
         load_dataset(str(path), kind="lstm")
 
 
@@ -228,7 +233,7 @@ def test_series_shorter_than_window(tmp_path: Path) -> None:
 
 def test_unreadable_file_type_and_missing_path(tmp_path: Path) -> None:
     path = _csv(tmp_path, "{}", "data.json")
-    with pytest.raises(DataError, match="cannot read data.json: expected a CSV"):
+    with pytest.raises(DataError, match=re.escape("cannot read data.json: expected a CSV")):
         load_dataset(path, kind="fnn")
     with pytest.raises(DataError, match="is neither a built-in data set"):
         load_dataset(str(tmp_path / "nope.csv"), kind="fnn")
