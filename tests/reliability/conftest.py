@@ -220,11 +220,11 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
 
     def close(self) -> None:
-        """Stop the process for good (SIGTERM, then SIGKILL after 15 s)."""
+        """Stop the process for good (SIGTERM, then SIGKILL after 5 s)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
