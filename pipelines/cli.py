@@ -301,8 +301,10 @@ def compare(
         title=f"{outcome.model_name}: variants ({m}, "
         f"{'higher' if outcome.higher_is_better else 'lower'} is better)"
     )
-    for col in ("variant", f"val {m}", f"test {m}", f"baseline {m}", "best epoch", "seconds"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+    widest = max(len(r.variant) for r in outcome.rows)
+    table.add_column("variant", no_wrap=True, min_width=min(widest, 40))
+    for col in (f"val {m}", f"test {m}", f"baseline {m}", "best epoch", "seconds"):
+        table.add_column(col, justify="right")
     for r in outcome.rows:
         style = "bold green" if r.variant == outcome.winner else None
         table.add_row(
