@@ -63,7 +63,16 @@ def confusion_matrix(
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8)
+            dark = counts[i, j] > counts.max() / 2
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
     ax.set_title(title)
     fig.tight_layout()
     return fig
