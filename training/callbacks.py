@@ -99,9 +99,12 @@ class EarlyStopping(Callback):
 class RichProgress(Callback):
     """A rich progress bar: one tick per epoch, showing train loss and the monitored metric."""
 
-    def __init__(self, monitor: str = "val_loss", description: str = "training") -> None:
+    def __init__(
+        self, monitor: str = "val_loss", description: str = "training", console: Any = None
+    ) -> None:
         self.monitor = monitor
         self.description = description
+        self.console = console  # a rich Console; None means rich's default (stdout)
         self._progress: Any = None
         self._task: Any = None
 
@@ -115,6 +118,7 @@ class RichProgress(Callback):
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             transient=False,
+            console=self.console,
         )
         self._progress.start()
         self._task = self._progress.add_task(

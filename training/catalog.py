@@ -74,11 +74,11 @@ _DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("cnn", "digits"): {"epochs": 60},
     ("lstm", "co2"): {"window": 52},
     ("gru", "co2"): {"window": 52},
-    ("lstm", "pydoc-text"): {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32},
-    ("gru", "pydoc-text"): {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32},
+    ("lstm", "pydoc-text"): {"epochs": 30, "lr": 3e-3, "batch_size": 64, "window": 32},
+    ("gru", "pydoc-text"): {"epochs": 30, "lr": 3e-3, "batch_size": 64, "window": 32},
 }
 # Text files read by path use the text row of their kind.
-_TEXT_DEFAULTS: dict[str, Any] = {"epochs": 15, "lr": 3e-3, "batch_size": 64, "window": 32}
+_TEXT_DEFAULTS: dict[str, Any] = {"epochs": 30, "lr": 3e-3, "batch_size": 64, "window": 32}
 
 
 def defaults_for(kind: str, data: str, input_kind: str | None = None) -> dict[str, Any]:

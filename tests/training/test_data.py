@@ -245,3 +245,20 @@ def test_bad_input_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         train(TrainSpec("fnn", path, target="price"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_train_and_export_on_user_rgb_images_and_text(tmp_path: Path) -> None:
+    """User files go all the way: train, score, export with parity (3-channel CNN, text RNN)."""
+    from training import export_onnx
+
+    _write_images(tmp_path / "rgb", (9, 11), mode="RGB")
+    images = train(TrainSpec("cnn", str(tmp_path / "rgb"), epochs=2))
+    assert images.test_output.shape[1] == 2
+    report = export_onnx(images, tmp_path / "rgb.onnx")
+    assert report.max_abs_diff <= 1e-4
+
+    story = tmp_path / "story.txt"
+    story.write_text("the cat sat on the mat and the dog sat on the log. " * 30)
+    text = train(TrainSpec("gru", str(story), epochs=2, window=5))
+    assert text.data.task == "next-token" and text.baseline_name == "bigram"
+    assert export_onnx(text, tmp_path / "text.onnx").max_abs_diff <= 1e-4

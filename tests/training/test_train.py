@@ -148,3 +148,20 @@ def test_loss_decreases_on_real_data() -> None:
     r = train(TrainSpec("cnn", "digits", epochs=3, limit=400, patience=10))
     losses = [h["train_loss"] for h in r.history]
     assert losses[-1] < losses[0]
+
+
+def test_rich_progress_shows_epochs_and_metric() -> None:
+    import io
+
+    from rich.console import Console
+
+    from training import RichProgress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=120)
+    train(
+        TrainSpec("fnn", "wine", epochs=3, patience=10),
+        [RichProgress("val_accuracy", "wine-fnn", console=console)],
+    )
+    text = buffer.getvalue()
+    assert "wine-fnn" in text and "3/3" in text and "val_accuracy" in text
