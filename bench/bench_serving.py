@@ -97,28 +97,23 @@ def measure_ort(model_path: Path, n: int = 3000) -> Row:
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], ready: str) -> Iterator[subprocess.Popen]:
-    """Start a server process, wait for ``ready`` in its output, SIGTERM it afterwards."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    log: list[str] = []
-    while True:
-        line = proc.stdout.readline()
-        if not line or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + "".join(log))
-        log.append(line)
-        if ready in line:
-            break
+def running(cmd: list[str], log: Path, ready: str | None = None) -> Iterator[subprocess.Popen]:
+    """Start a server process (output to ``log``), optionally wait for ``ready`` in it,
+    and SIGTERM it afterwards."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     try:
+        deadline = time.monotonic() + 60
+        while ready is not None and ready not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log.read_text()}")
+            time.sleep(0.05)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -127,6 +122,11 @@ def running(cmd: list[str], ready: str) -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (the tables come at the end)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def load(config: str, target: str, request: Path, c: int, duration: float) -> Row:
@@ -145,13 +145,17 @@ def load(config: str, target: str, request: Path, c: int, duration: float) -> Ro
             str(duration),
         ],
     )
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    progress(f"{config}: c={c}")
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=duration * 4 + 60
+    ).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return Row(config, c, r["p50_ms"], r["p99_ms"], r["throughput"], r["errors"])
 
 
 def perf_analyzer(binary: str, config: str, target: str, c: int, tmp: Path) -> Row | str:
     """One perf_analyzer measurement, or the reason it failed."""
+    progress(f"perf_analyzer {config}: c={c}")
     report = tmp / f"pa-{c}.csv"
     cmd = _pin(
         "1",
@@ -263,7 +267,7 @@ def main() -> int:
                 str(response_file),
             ],
         )
-        with running(echo, "echo ready"):
+        with running(echo, tmp / "echo.log", "echo ready"):
             rows += [
                 load("echo (Python gRPC floor)", target, request, c, args.duration) for c in levels
             ]
@@ -293,9 +297,8 @@ def main() -> int:
             port = _free_port()
             target = f"127.0.0.1:{port}"
             cmd = _pin(core, [PY, *common, "--grpc-port", str(port), *extra])
-            with running(
-                cmd, "event=workers_started" if "--workers" in extra else "server_listening"
-            ):
+            progress(f"starting {name}")
+            with running(cmd, tmp / f"server-{port}.log"):
                 wait_ready(target)
                 rows += [load(name, target, request, c, args.duration) for c in levels]
                 if pa_binary:
