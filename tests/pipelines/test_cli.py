@@ -85,7 +85,7 @@ def test_score_resolves_registry_references(home: Path) -> None:
     outcome = train_flow(GOOD)
     values = np.abs(np.sin(np.arange(40) / 5.0)) * 100
     pd.DataFrame({"value": values}).to_csv(home / "s.csv", index=False)
-    for ref in ("sunspots-lstm", "sunspots-lstm@champion", f"sunspots-lstm/{outcome.version}"):
+    for ref in ("sunspots-gru", "sunspots-gru@champion", f"sunspots-gru/{outcome.version}"):
         result = runner.invoke(
             app, ["score", ref, "--input", str(home / "s.csv"), "--output", str(home / "o.csv")]
         )
@@ -96,22 +96,22 @@ def test_score_resolves_registry_references(home: Path) -> None:
     _one_red_line(
         runner.invoke(app, ["score", "nope@champion", *args]),
         "no registered model named 'nope'",
-        "sunspots-lstm",
+        "sunspots-gru",
     )
     _one_red_line(
-        runner.invoke(app, ["score", "sunspots-lstm@staging", *args]),
+        runner.invoke(app, ["score", "sunspots-gru@staging", *args]),
         "has no alias 'staging'",
         "aliases: champion",
     )
     _one_red_line(
-        runner.invoke(app, ["score", "sunspots-lstm/9", *args]), "has no version 9", "versions: 1"
+        runner.invoke(app, ["score", "sunspots-gru/9", *args]), "has no version 9", "versions: 1"
     )
     _one_red_line(runner.invoke(app, ["score", "missing.onnx", *args]), "does not exist")
     assert not (home / "x.csv").exists()
 
     result = runner.invoke(app, ["models"], terminal_width=200)
     assert result.exit_code == 0
-    assert "sunspots-lstm" in result.stdout and "rmse" in result.stdout and "v1" in result.stdout
+    assert "sunspots-gru" in result.stdout and "rmse" in result.stdout and "v1" in result.stdout
 
 
 def test_serve_and_predict_forward_their_arguments(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,20 +32,20 @@ def _artifact_markdown(key: str) -> str:
 
 
 def _aliases(client: Any) -> dict[str, str]:
-    return {k: str(v) for k, v in client.get_registered_model("sunspots-lstm").aliases.items()}
+    return {k: str(v) for k, v in client.get_registered_model("sunspots-gru").aliases.items()}
 
 
 def test_train_registers_champion_then_gates_worse_config(home: Path, client: Any) -> None:
     first = train_flow(GOOD)
-    assert first.model_name == "sunspots-lstm"
+    assert first.model_name == "sunspots-gru"
     assert first.alias == "champion" and first.gate_passed
     assert first.metric_name == "rmse" and first.test_metric < first.baseline_metric
-    assert str(client.get_model_version_by_alias("sunspots-lstm", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("sunspots-gru", "champion").version) == "1"
 
     # --- what ops review on the run
     run = client.get_run(first.run_id)
     params = run.data.params
-    assert params["epochs"] == "10" and params["lr"] == "0.01" and params["window"] == "20"
+    assert params["epochs"] == "4" and params["lr"] == "0.02" and params["window"] == "20"
     history = client.get_metric_history(first.run_id, "val_loss")
     assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 2
     assert len(client.get_metric_history(first.run_id, "train_loss")) == len(history)
@@ -59,7 +59,7 @@ def test_train_registers_champion_then_gates_worse_config(home: Path, client: An
     assert tags["neuroserve.torch_version"].startswith("2.")
     assert {"neuroserve.onnx_version", "neuroserve.onnxruntime_version"} <= set(tags)
     assert tags["neuroserve.git_commit"]  # a commit, or "unknown" outside a repository
-    assert json.loads(tags["neuroserve.spec"])["epochs"] == 10
+    assert json.loads(tags["neuroserve.spec"])["epochs"] == 4
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "figures")}
     assert artifacts == {"figures/learning_curves.png", "figures/forecast_vs_truth.png"}
     inputs = run.inputs.dataset_inputs
@@ -69,9 +69,9 @@ def test_train_registers_champion_then_gates_worse_config(home: Path, client: An
     assert not (Path.cwd() / "mlruns").exists()
 
     # --- the registered ONNX file honours the contract and names its run
-    path = registry.download_onnx(client, client.get_model_version("sunspots-lstm", "1"))
+    path = registry.download_onnx(client, client.get_model_version("sunspots-gru", "1"))
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert meta["mlflow_run_id"] == first.run_id and meta["model_name"] == "sunspots-lstm"
+    assert meta["mlflow_run_id"] == first.run_id and meta["model_name"] == "sunspots-gru"
     mlmodel = yaml.safe_load((path.parent / "MLmodel").read_text())
     sig_in = json.loads(mlmodel["signature"]["inputs"])[0]
     assert sig_in["tensor-spec"]["shape"] == [-1, -1, 1]
@@ -81,13 +81,13 @@ def test_train_registers_champion_then_gates_worse_config(home: Path, client: An
 
     # --- the Prefect artifact summarises it
     md = _artifact_markdown(first.artifact_key)
-    assert "@champion" in md and "baseline" in md and "models:/sunspots-lstm/1" in md
+    assert "@champion" in md and "baseline" in md and "models:/sunspots-gru/1" in md
 
     # --- a deliberately worse config is gated to challenger, with the reason everywhere
     second = train_flow(WORSE)
     assert second.version == "2" and second.alias == "challenger" and not second.gate_passed
     assert "baseline" in second.reason
-    mv = client.get_model_version("sunspots-lstm", "2")
+    mv = client.get_model_version("sunspots-gru", "2")
     assert mv.tags["neuroserve.gate"] == "challenger"
     assert mv.tags["neuroserve.gate.reason"] == second.reason
     assert second.reason in mv.description
@@ -109,13 +109,13 @@ def test_champion_is_rescored_on_the_same_split_and_retrain_uses_stored_spec(
     assert out["version"] == "2" and out["previous_champion"] == "1"
     assert out["champion_metric"] == pytest.approx(first.test_metric, rel=1e-4)
     assert out["alias"] == "challenger" and "champion v1" in out["reason"]
-    stored = json.loads(client.get_model_version("sunspots-lstm", "2").tags["neuroserve.spec"])
-    assert stored["epochs"] == 10 and stored["lr"] == 0.01
+    stored = json.loads(client.get_model_version("sunspots-gru", "2").tags["neuroserve.spec"])
+    assert stored["epochs"] == 4 and stored["lr"] == 0.02
 
     # --promote overrides the gate and the override is recorded on the version
     promoted = train_flow(WORSE, promote=True)
     assert promoted.alias == "champion" and promoted.overridden
-    mv = client.get_model_version("sunspots-lstm", promoted.version)
+    mv = client.get_model_version("sunspots-gru", promoted.version)
     assert mv.tags["neuroserve.gate.overridden"] == "True"
     assert "promoted by --promote" in mv.description
 
@@ -130,12 +130,12 @@ def test_interrupted_flow_leaves_no_alias_and_rerun_succeeds(
     monkeypatch.setattr(registry, "record_decision", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         train_flow(GOOD)
-    mv = client.get_model_version("sunspots-lstm", "1")
+    mv = client.get_model_version("sunspots-gru", "1")
     assert mv.status == "READY" and mv.tags[registry.STATE_TAG] == "registering"
     assert _aliases(client) == {}
     assert client.get_run(mv.run_id).info.status == "FAILED"
     with pytest.raises(Exception, match="refusing to alias"):
-        registry.set_alias(client, "sunspots-lstm", "champion", "1")
+        registry.set_alias(client, "sunspots-gru", "champion", "1")
 
     monkeypatch.setattr(registry, "record_decision", original)
     rerun = train_flow(GOOD)
