@@ -171,6 +171,8 @@ def perf_analyzer(binary: str, config: str, target: str, c: int, tmp: Path) -> R
             f"{c}:{c}",
             "--measurement-interval",
             "3000",
+            "--input-data",
+            "zero",
             "--stability-percentage",
             "25",
             "--max-trials",

@@ -127,6 +127,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time in-flight requests get on SIGTERM (10)",
     )
+    add(
+        "--inline-compute-us",
+        dest="inline_compute_us",
+        type=int,
+        help="run session calls faster than this on the event loop; 0 never (150)",
+    )
     add("--log-level", dest="log_level", help="INFO, DEBUG, WARNING ...")
     return p  # fmt: skip
 

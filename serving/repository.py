@@ -193,6 +193,7 @@ class Repository:
                 intra_op_threads=self.settings.resolved_intra_op_threads(),
                 inter_op_threads=self.settings.inter_op_threads,
                 warmup=self.settings.warmup,
+                inline_compute_us=self.settings.inline_compute_us,
             )
             await runtime.load()
             if not runtime.inputs or not runtime.outputs:

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     inter_op_threads: int = 1
     """Threads running independent operators in parallel (1: sequential execution)."""
 
+    inline_compute_us: int = 150
+    """Session calls measured faster than this (µs, moving average) run on the event loop
+    instead of the compute thread: for tiny models the thread hand-off (~100 µs of Python
+    overhead) costs more than it saves. 0 always uses the compute thread."""
+
     warmup: bool = True
     """Run one dummy batch through each new session before it takes traffic, so the first real
     request does not pay for lazy initialisation."""
