@@ -184,10 +184,17 @@ def test_sigterm_during_a_stuck_start_exits_within_the_grace_period(
 ) -> None:
     for name in FAST_FAIL:
         monkeypatch.delenv(name, raising=False)
-    server = _start_offline(start_server, tmp_path, tmp_path / "cache", {})
+    server = start_server(
+        ["--poll-interval", "0.5", "--grace-period", "2"],
+        env={
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}",
+            "NEUROSERVE_CACHE_DIR": str(tmp_path / "cache"),
+            "NEUROSERVE_HOME": str(tmp_path / "home"),
+        },
+    )
     server.wait_for("event=server_listening", timeout=30)
     server.terminate()
-    assert server.proc.wait(10) == 0  # --grace-period defaults to 10 s
+    assert server.proc.wait(5) == 0  # a 2 s grace period, plus margin
 
 
 @pytest.mark.xfail(

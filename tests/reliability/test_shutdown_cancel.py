@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
@@ -115,13 +116,19 @@ def _inference_count(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
     return int(stats.model_stats[0].inference_count)
 
 
+@pytest.mark.parametrize(
+    "mode", [["--max-batch-size", "4", "--max-queue-delay-us", "1000"], ["--no-batching"]],
+    ids=["batching", "direct"],
+)  # fmt: skip
 def test_cancelled_calls_leave_no_leaked_work(
-    slow_repo: Path, start_server: Callable[..., ServerProcess]
+    slow_repo: Path, start_server: Callable[..., ServerProcess], mode: list[str]
 ) -> None:
+    """48 abandoned calls per round would be 1.2 s (batches of 4) to 4.8 s (one by one) of
+    work if the server computed them anyway; it must compute only what had already started."""
     server = start_server(
         [
-            "--model-repository", str(slow_repo), "--model", "slow",
-            "--max-batch-size", "4", "--max-queue-delay-us", "1000", "--intra-op-threads", "1",
+            "--model-repository", str(slow_repo), "--model", "slow", "--intra-op-threads", "1",
+            *mode,
         ]
     )  # fmt: skip
     server.wait_for("event=server_ready")
@@ -146,8 +153,9 @@ def test_cancelled_calls_leave_no_leaked_work(
     latencies = [round(x, 2) for x in next_latency]
     print(f"cancel rounds: computed per round {computed} of {per_round}, next-call latency "
           f"{latencies} s, RSS {[round(x, 1) for x in rss]} MiB")  # fmt: skip
-    # 48 abandoned after 0.25 s at ~100 ms per 4-row batch: at most a few batches ran.
+    # Abandoned after 0.25 s at ~100 ms per session call: only the calls already running (or
+    # dispatched before the cancellation reached the server) were computed.
     assert max(computed) <= 24, computed
-    assert max(next_latency) < 1.0, next_latency
+    assert max(next_latency) < 2.5, next_latency
     assert rss[-1] - rss[0] < 15, rss
     assert server.proc.poll() is None

@@ -187,9 +187,9 @@ def _write_bad_inputs(root: Path) -> dict[str, tuple[list[str], Path]]:
 BAD_INPUTS = [
     "empty-csv",
     "utf16-csv",
-    "binary-garbage-csv",
-    "huge-one-column-csv",
     "corrupt-png-folder",
+    pytest.param("binary-garbage-csv", marks=pytest.mark.slow),
+    pytest.param("huge-one-column-csv", marks=pytest.mark.slow),
     pytest.param("header-only-csv", marks=pytest.mark.slow),
     pytest.param("non-numeric-series-csv", marks=pytest.mark.slow),
     pytest.param("empty-text", marks=pytest.mark.slow),
