@@ -18,6 +18,7 @@ Two extensions live here because they are encodings, not model logic:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -162,7 +163,22 @@ class ModelSignature:
     batchable: bool
     tokenizer: Tokenizer | None = None
 
-    @property
+    @functools.cached_property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """Inputs by name (computed once per loaded version, not per request)."""
+        return {spec.name: spec for spec in self.inputs}
+
+    @functools.cached_property
+    def output_specs(self) -> dict[str, TensorSpec]:
+        """Outputs by name."""
+        return {spec.name: spec for spec in self.outputs}
+
+    @functools.cached_property
+    def all_outputs(self) -> list[RequestedOutput]:
+        """What a request that names no outputs gets: every output, plain tensors."""
+        return [RequestedOutput(spec.name) for spec in self.outputs]
+
+    @functools.cached_property
     def labels(self) -> list[str] | None:
         """Class labels for classification answers (``labels``, else ``vocabulary``)."""
         for key in ("labels", "vocabulary"):
@@ -175,7 +191,7 @@ class ModelSignature:
                     return [str(v) for v in values]
         return None
 
-    @property
+    @functools.cached_property
     def accepts_non_finite(self) -> bool:
         """Models opt in to NaN/Inf with metadata ``accepts_non_finite = true``."""
         return self.metadata.get("accepts_non_finite", "").lower() == "true"
@@ -245,9 +261,13 @@ def _decode_values(
 
 
 def _check_shape(sig: ModelSignature, spec: TensorSpec, shape: Sequence[int]) -> None:
-    if len(shape) != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
-    ):
+    ok = len(shape) == len(spec.shape)
+    if ok:
+        for want, got in zip(spec.shape, shape, strict=True):
+            if want not in (-1, got):
+                ok = False
+                break
+    if not ok:
         raise InvalidInputError(
             sig.name, "shape does not match the model", tensor=spec.name,
             expected=_shape_str(spec.shape), got=_shape_str(shape),
@@ -262,18 +282,19 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
     model = sig.name
     raw_contents = request.raw_input_contents
     uses_raw = len(raw_contents) > 0
-    if uses_raw and any(t.HasField("contents") for t in request.inputs):
+    inputs = request.inputs
+    if uses_raw and any(t.HasField("contents") for t in inputs):
         raise InvalidInputError(
             model, "typed 'contents' and 'raw_input_contents' mixed in one request; use one"
         )
-    if uses_raw and len(raw_contents) != len(request.inputs):
+    if uses_raw and len(raw_contents) != len(inputs):
         raise InvalidInputError(
             model, "raw_input_contents must hold one entry per input",
-            expected=len(request.inputs), got=len(raw_contents),
+            expected=len(inputs), got=len(raw_contents),
         )  # fmt: skip
-    specs = {spec.name: spec for spec in sig.inputs}
+    specs = sig.input_specs
     feeds: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for i, tensor in enumerate(inputs):
         spec = specs.get(tensor.name)
         if spec is None:
             raise InvalidInputError(
@@ -298,7 +319,13 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
             array = _utf8(sig.name, tensor.name, array)
         else:
             _check_shape(sig, spec, array.shape)
-            if array.dtype.kind == "f" and not sig.accepts_non_finite:
+            # A sum is finite iff every element is (overflow aside): one cheap pass, and the
+            # exact count only when something is off.
+            if (
+                array.dtype.kind == "f"
+                and not sig.accepts_non_finite
+                and not np.isfinite(array.sum(dtype=np.float64))
+            ):
                 bad = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if bad:
                     raise InvalidInputError(
@@ -306,7 +333,7 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
                         tensor=tensor.name, expected="finite values", got=f"{bad} non-finite",
                     )  # fmt: skip
         feeds[tensor.name] = array
-    missing = [name for name in specs if name not in feeds]
+    missing = [name for name in specs if name not in feeds] if len(feeds) < len(specs) else []
     if missing:
         raise InvalidInputError(
             model, "missing input(s)", tensor=", ".join(missing),
@@ -314,7 +341,8 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
         )  # fmt: skip
     batch_size = _batch_size(sig, feeds)
     requested = _requested_outputs(sig, request)
-    signature = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items()))
+    items = sorted(feeds.items()) if len(feeds) > 1 else feeds.items()
+    signature = tuple((k, v.dtype.num, v.shape[1:]) for k, v in items)
     return DecodedRequest(feeds, batch_size, requested, raw=uses_raw, signature=signature)
 
 
@@ -374,9 +402,9 @@ def _batch_size(sig: ModelSignature, feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def _requested_outputs(sig: ModelSignature, request: pb.ModelInferRequest) -> list[RequestedOutput]:
-    known = {spec.name: spec for spec in sig.outputs}
+    known = sig.output_specs
     if not request.outputs:
-        return [RequestedOutput(name) for name in known]
+        return sig.all_outputs
     requested: list[RequestedOutput] = []
     for out in request.outputs:
         if out.name not in known:

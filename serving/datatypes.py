@@ -61,11 +61,16 @@ CONFIG_TYPE: Final[dict[str, str]] = {
 }
 
 
+_NAME_OF: Final[dict[np.dtype, str]] = {
+    dtype: name for name, dtype in NUMPY_OF.items() if name != "BYTES"
+}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """Return the KServe datatype of a numpy array (object/str/bytes arrays are BYTES)."""
+    name = _NAME_OF.get(array.dtype)
+    if name is not None:
+        return name
     if array.dtype.kind in {"O", "S", "U"}:
         return "BYTES"
-    for name, dtype in NUMPY_OF.items():
-        if dtype == array.dtype:
-            return name
     raise TypeError(f"no KServe datatype for numpy dtype {array.dtype}")
