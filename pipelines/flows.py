@@ -22,6 +22,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def data_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 @task(
     name="describe-data",
     cache_key_fn=data_cache_key,
+    cache_expiration=timedelta(days=7),
     persist_result=True,
     retries=IO_RETRIES,
     retry_delay_seconds=IO_RETRY_DELAY,

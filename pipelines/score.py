@@ -476,6 +476,20 @@ def score_flow(
     )
 
 
+def check_dask(address: str, timeout: float = 10.0) -> None:
+    """Connect to the Dask scheduler once, so a wrong address is one clear error up front."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ScoringInputError(
+            f"Dask scheduler at {address!r} is unreachable ({exc}); expected the address of a "
+            "running scheduler, e.g. tcp://127.0.0.1:8786"
+        ) from None
+    client.close()
+
+
 def run_score(
     model_path: str,
     input_path: str,
@@ -494,6 +508,7 @@ def run_score(
     if dask_address:
         from prefect_dask import DaskTaskRunner
 
+        check_dask(dask_address)
         runner_flow = score_flow.with_options(
             task_runner=DaskTaskRunner(address=dask_address)  # type: ignore[arg-type]
         )

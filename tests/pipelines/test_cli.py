@@ -138,3 +138,11 @@ def test_serve_and_predict_forward_their_arguments(monkeypatch: pytest.MonkeyPat
         "--top-k",
         "3",
     ]
+
+
+def test_unreachable_prefect_api_is_one_red_line(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    result = runner.invoke(app, ["train", "gru", "--data", "sunspots", "--epochs", "1"])
+    _one_red_line(result, "PREFECT_API_URL=http://127.0.0.1:1/api", "does not answer")

@@ -174,3 +174,14 @@ def test_model_metadata_drives_output_columns(table_model: Exported) -> None:
     meta = OnnxModel(table_model.path).metadata
     assert json.loads(meta["feature_names"])[0] == "mean radius"
     assert meta["task"] == "binary"
+
+
+def test_unreachable_dask_scheduler_is_named(home: Path, table_model: Exported) -> None:
+    _table_frame(table_model).to_csv(home / "in.csv", index=False)
+    with pytest.raises(ScoringInputError, match=r"Dask scheduler at 'tcp://127\.0\.0\.1:1'"):
+        run_score(
+            str(table_model.path),
+            str(home / "in.csv"),
+            str(home / "o.csv"),
+            dask_address="tcp://127.0.0.1:1",
+        )
