@@ -226,6 +226,12 @@ class Batcher:
             computed = time.perf_counter_ns()
             parts = split(outputs, sizes)
         except Exception as exc:
+            if len(batch) > 1:
+                # One request's values may be what the session rejects: run each alone, so
+                # only the culprit fails, not every request that happened to share its batch.
+                for item in batch:
+                    await self._run([item])
+                return
             error = self._failure(exc)
             for item in batch:
                 if not item.future.done():

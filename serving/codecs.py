@@ -52,6 +52,9 @@ CONTENTS_FIELD: Final[dict[str, str]] = {
 
 CLASSIFICATION: Final = "classification"
 
+#: Most dimensions a tensor may have (numpy's own ceiling; ONNX models use far fewer).
+MAX_DIMS: Final = 64
+
 
 # --------------------------------------------------------------------------- BYTES elements
 def serialize_bytes_tensor(array: np.ndarray) -> bytes:
@@ -205,8 +208,9 @@ def _param_int(param: pb.InferParameter) -> int | None:
     choice = param.WhichOneof("parameter_choice")
     if choice in {"int64_param", "uint64_param"}:
         return int(getattr(param, choice))
-    if choice == "string_param" and param.string_param.strip().isdigit():
-        return int(param.string_param)
+    text = param.string_param.strip()
+    if choice == "string_param" and text.isascii() and text.isdigit():  # not '²' or '١'
+        return int(text)
     return None
 
 
@@ -221,6 +225,10 @@ def _decode_values(
         )
     if any(d < 0 for d in shape):
         raise InvalidInputError(model, "negative dimension in shape", tensor=name, got=shape)
+    if len(shape) > MAX_DIMS:
+        raise InvalidInputError(
+            model, "too many dimensions", tensor=name, expected=f"<= {MAX_DIMS}", got=len(shape)
+        )
     count = _count(shape)
     if raw is not None:
         if datatype == "BYTES":
@@ -257,7 +265,12 @@ def _decode_values(
         )  # fmt: skip
     if datatype == "BYTES":
         return np.array(list(values), dtype=object).reshape(shape)
-    return np.array(values, dtype=NUMPY_OF[datatype]).reshape(shape)
+    try:
+        return np.array(values, dtype=NUMPY_OF[datatype]).reshape(shape)
+    except OverflowError as exc:  # e.g. 300 in uint_contents for a UINT8 tensor
+        raise InvalidInputError(
+            model, f"typed contents value out of range for {datatype}", tensor=name
+        ) from exc
 
 
 def _check_shape(sig: ModelSignature, spec: TensorSpec, shape: Sequence[int]) -> None:
@@ -319,6 +332,14 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
             array = _utf8(sig.name, tensor.name, array)
         else:
             _check_shape(sig, spec, array.shape)
+            if sig.tokenizer is not None and spec.datatype == "INT64" and array.size:
+                vocab = len(sig.tokenizer.index)
+                low, high = int(array.min()), int(array.max())
+                if low < 0 or high >= vocab:
+                    raise InvalidInputError(
+                        model, "token id outside the vocabulary", tensor=tensor.name,
+                        expected=f"ids in 0..{vocab - 1}", got=f"ids in {low}..{high}",
+                    )  # fmt: skip
             # A sum is finite iff every element is (overflow aside): one cheap pass, and the
             # exact count only when something is off.
             if (
@@ -419,6 +440,11 @@ def _requested_outputs(sig: ModelSignature, request: pb.ModelInferRequest) -> li
                 raise InvalidInputError(
                     sig.name, "classification parameter must be a positive integer",
                     tensor=out.name, got=out.parameters[CLASSIFICATION],
+                )  # fmt: skip
+            if known[out.name].datatype in ("BYTES", "BOOL"):
+                raise InvalidInputError(
+                    sig.name, "classification needs a numeric output", tensor=out.name,
+                    got=known[out.name].datatype,
                 )  # fmt: skip
             k = value
         requested.append(RequestedOutput(out.name, k))

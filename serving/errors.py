@@ -27,6 +27,16 @@ from collections.abc import Iterable
 class ServingError(Exception):
     """Base of all deliberate serving errors; ``str(err)`` is the message sent to the caller."""
 
+    #: Messages echo client input (names, datatypes); the gRPC status travels in a trailer that
+    #: clients cap at 16 KiB, so an unbounded echo would turn NOT_FOUND into a transport error.
+    MAX_MESSAGE_CHARS = 2000
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) <= self.MAX_MESSAGE_CHARS:
+            return text
+        return f"{text[: self.MAX_MESSAGE_CHARS]}... ({len(text)} characters, truncated)"
+
 
 class InvalidInputError(ServingError):
     """The request is malformed for this model; sending it again will fail again."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from serving.batching import Batcher, BatchingConfig, BatchObserver
 from serving.codecs import ModelSignature, Tokenizer
@@ -27,7 +28,7 @@ from serving.errors import (
     VersionNotFoundError,
 )
 from serving.logs import log_event
-from serving.runtime import OnnxRuntimeModel
+from serving.runtime import OnnxRuntimeModel, TensorSpec
 from serving.settings import Settings
 from serving.sources import Candidate, ModelSource, validate_model_name
 from serving.statistics import ModelStats
@@ -36,6 +37,48 @@ READY: Final = "READY"
 LOADING: Final = "LOADING"
 UNAVAILABLE: Final = "UNAVAILABLE"
 UNLOADING: Final = "UNLOADING"
+
+T = TypeVar("T")
+
+
+async def _off_loop(fn: Callable[..., T], *args: object) -> T:
+    """Run blocking source I/O on a *daemon* thread: a scan stuck on an unreachable registry
+    must not keep the process alive after shutdown (``asyncio.to_thread`` threads are joined
+    at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: object, failed: bool) -> None:
+        if not future.done():
+            future.set_exception(value) if failed else future.set_result(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, exc, True)
+        else:
+            loop.call_soon_threadsafe(settle, result, False)
+
+    threading.Thread(target=work, daemon=True, name="repository-io").start()
+    return await future
+
+
+def _incompatible(old: list[TensorSpec], new: list[TensorSpec]) -> str:
+    """Why a client of the ``old`` inputs could not call ``new``; empty when it can."""
+    before, after = {s.name: s for s in old}, {s.name: s for s in new}
+    if set(before) != set(after):
+        return f"input names {sorted(before)} -> {sorted(after)}"
+    for name, was in before.items():
+        now = after[name]
+        clash = len(was.shape) != len(now.shape) or any(
+            a != b and -1 not in (a, b) for a, b in zip(was.shape, now.shape, strict=False)
+        )
+        if was.datatype != now.datatype or clash:
+            return (
+                f"input {name!r} {was.datatype}{list(was.shape)} -> {now.datatype}{list(now.shape)}"
+            )
+    return ""
 
 
 class ServedVersion:
@@ -152,7 +195,7 @@ class Repository:
     # ------------------------------------------------------------------ scanning
     async def poll_once(self) -> None:
         """Scan the source once and bring every model to its newest loadable version."""
-        found = await asyncio.to_thread(self.source.scan)
+        found = await _off_loop(self.source.scan)
         for name, candidates in found.items():
             entry = self.models.setdefault(name, ModelEntry(name))
             if entry.held_unloaded:
@@ -162,7 +205,9 @@ class Repository:
             if name not in found and entry.current is not None and not entry.held_unloaded:
                 await self._unload(entry, "removed from the repository")
 
-    async def _reconcile(self, entry: ModelEntry, candidates: list[Candidate]) -> None:
+    async def _reconcile(
+        self, entry: ModelEntry, candidates: list[Candidate], force: bool = False
+    ) -> None:
         async with entry.lock:
             for cand in candidates:
                 if cand.version not in entry.records:
@@ -174,17 +219,21 @@ class Repository:
                     return  # the newest loadable version is already serving
                 if entry.failed.get(cand.version) == cand.fingerprint:
                     continue  # failed before with these exact bytes
-                if await self._load(entry, cand):
+                if await self._load(entry, cand, force):
                     return
 
-    async def _load(self, entry: ModelEntry, cand: Candidate) -> bool:
-        """Load, warm and swap in one version; on failure record why and keep the old one."""
+    async def _load(self, entry: ModelEntry, cand: Candidate, force: bool = False) -> bool:
+        """Load, warm and swap in one version; on failure record why and keep the old one.
+
+        A version whose inputs differ from the serving version's is refused unless ``force``
+        (an explicit RepositoryModelLoad): polling must not break every existing client.
+        """
         entry.records[cand.version] = VersionRecord(LOADING)
         log_event("model_loading", model=cand.name, version=cand.version)
         started = time.perf_counter()
         runtime: OnnxRuntimeModel | None = None
         try:
-            path = await asyncio.to_thread(self.source.fetch, cand)
+            path = await _off_loop(self.source.fetch, cand)
             runtime = OnnxRuntimeModel(
                 cand.name,
                 cand.version,
@@ -198,6 +247,13 @@ class Repository:
             await runtime.load()
             if not runtime.inputs or not runtime.outputs:
                 raise ValueError("the graph declares no inputs or no outputs")
+            if not force and entry.current is not None:
+                problem = _incompatible(entry.current.runtime.inputs, runtime.inputs)
+                if problem:
+                    raise ValueError(
+                        f"inputs differ from serving version {entry.current.version} "
+                        f"({problem}); load it with RepositoryModelLoad to switch on purpose"
+                    )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
             entry.failed[cand.version] = cand.fingerprint
@@ -270,13 +326,13 @@ class Repository:
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: rescan this model and (re)load its newest version now."""
         validate_model_name(name)
-        found = await asyncio.to_thread(self.source.scan)
+        found = await _off_loop(self.source.scan)
         if name not in found:
             raise ModelNotFoundError(name, found)
         entry = self.models.setdefault(name, ModelEntry(name))
         entry.held_unloaded = False
         entry.failed.clear()  # an explicit load retries everything
-        await self._reconcile(entry, found[name])
+        await self._reconcile(entry, found[name], force=True)
         if not found[name]:
             raise ModelLoadError(name, "-", "no versions with a model.onnx found")
         newest = max(found[name], key=lambda c: int(c.version))

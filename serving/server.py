@@ -19,7 +19,9 @@ import os
 import signal
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -60,6 +62,37 @@ def make_source(settings: Settings) -> ModelSource:
     )
 
 
+class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
+    """Answer undecodable request bytes with INVALID_ARGUMENT (a client mistake), instead of
+    grpc.aio's UNKNOWN plus an ERROR traceback in the log for every such call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Decode unary requests ourselves so a DecodeError becomes a clean status."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        deserialize, behavior = handler.request_deserializer, handler.unary_unary
+        method = handler_call_details.method
+
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = deserialize(raw)
+            except Exception:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request bytes are not a valid protobuf message for {method}",
+                )
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+
 def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
@@ -89,7 +122,7 @@ class InferenceServer:
             lambda: self.metrics.set_models_loaded(self.repository.ready_count())
         )
         self.dataplane = DataPlane(settings, self.repository, self.metrics)
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuardInterceptor()]
         if settings.auth_token is not None:
             interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
         limit = settings.max_message_bytes
@@ -192,8 +225,18 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await server.start()
-        await stop.wait()
+        # A signal during start-up (a slow model load, an unreachable registry) must not wait
+        # for start-up to finish: race the two and cancel the start.
+        starting = asyncio.create_task(server.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # re-raise a start-up failure
+            await stopping
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         log_event("signal_received")
     finally:
         await server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -136,6 +137,12 @@ class MlflowSource(ModelSource):
         self.names = [validate_model_name(n) for n in names or []]
         self.description = f"MLflow registry {tracking_uri} (alias {alias})"
         self.offline = False
+        # MLflow's HTTP defaults (7 retries, backoff factor 2) block one scan of an unreachable
+        # registry for ~4 minutes, long past the point where the cache should be serving.
+        # Explicit environment settings still win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
     def _client(self) -> object:
         from mlflow.tracking import MlflowClient  # heavy import, only for this source
@@ -219,11 +226,12 @@ class MlflowSource(ModelSource):
 
         target.parent.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent.parent) as tmp:
+            # The storage location resolved by *this* source's client: ``models:/`` would be
+            # resolved through MLflow's process-wide registry URI, which may name another store.
+            location = self._client().get_model_version_download_uri(name, version)  # type: ignore[attr-defined]
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
+                    artifact_uri=location, dst_path=tmp, tracking_uri=self.tracking_uri
                 )
             )
             onnx_files = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]

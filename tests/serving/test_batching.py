@@ -140,6 +140,31 @@ def test_failed_batch_fails_every_request_and_the_next_batch_works():
     np.testing.assert_array_equal(after[0]["y"], np.full((1, 2), 10))
 
 
+def test_one_poisoned_request_does_not_fail_its_batch_mates():
+    class Picky(FakeRuntime):
+        async def predict(self, feeds, output_names=None):
+            self.calls.append(len(feeds["x"]))
+            if (feeds["x"] < 0).any():
+                raise RuntimeError("negative input")
+            return {"y": feeds["x"] * 2}
+
+    async def scenario():
+        runtime = Picky()
+        batcher = _batcher(runtime, max_batch_size=8, max_queue_delay_us=20_000)
+        results = await asyncio.gather(
+            *(batcher.submit(_x(i if i != 2 else -1), 1) for i in range(4)),
+            return_exceptions=True,
+        )
+        await batcher.close()
+        return runtime.calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls[0] == 4  # tried together first
+    assert isinstance(results[2], InferenceFailedError)
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(results[i][0]["y"], np.full((1, 2), 2 * i))
+
+
 def test_bounded_queue_refuses_with_queue_full():
     async def scenario():
         runtime = FakeRuntime(delay=0.05)

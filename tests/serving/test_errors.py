@@ -51,6 +51,43 @@ def _nan() -> pb.ModelInferRequest:
     return infer_request("classifier", {"input": x})
 
 
+def _unicode_digit_classification() -> pb.ModelInferRequest:
+    request = infer_request("classifier", {"input": OK}, outputs=["output"])
+    request.outputs[0].parameters["classification"].string_param = "²"
+    return request
+
+
+def _too_many_dims() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="classifier")
+    request.inputs.add(name="input", datatype="FP32", shape=[1] * 65)
+    request.raw_input_contents.append(b"\x00" * 4)
+    return request
+
+
+def _typed_overflow() -> pb.ModelInferRequest:
+    inputs = {
+        "x_fp32": np.zeros((1, 2), np.float32),
+        "x_fp64": np.zeros((1, 2)),
+        "x_int64": np.zeros((1, 2), np.int64),
+        "x_int32": np.zeros((1, 2), np.int32),
+        "x_uint8": np.zeros((1, 2), np.uint8),
+        "x_bool": np.zeros((1, 2), bool),
+        "x_bytes": np.array([[b"a", b"b"]], dtype=object),
+    }
+    request = infer_request("dtypes-typed", inputs, raw=False)
+    uint8 = next(t for t in request.inputs if t.name == "x_uint8")
+    uint8.contents.uint_contents[0] = 300
+    return request
+
+
+def _classify_bytes() -> pb.ModelInferRequest:
+    request = _typed_overflow()
+    next(t for t in request.inputs if t.name == "x_uint8").contents.uint_contents[0] = 3
+    out = request.outputs.add(name="y_bytes")
+    out.parameters["classification"].int64_param = 1
+    return request
+
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 CASES = {
     "unknown model": (
@@ -118,6 +155,19 @@ CASES = {
     ),
     "bad classification parameter": (_bad_classification, INVALID, ["classification"]),
     "malformed BYTES": (_bad_bytes, INVALID, ["BYTES"]),
+    "classification digit that is not ASCII": (
+        _unicode_digit_classification,
+        INVALID,
+        ["classification"],
+    ),
+    "more than 64 dimensions": (_too_many_dims, INVALID, ["too many dimensions"]),
+    "typed value out of range": (_typed_overflow, INVALID, ["out of range", "x_uint8"]),
+    "classification of a BYTES output": (_classify_bytes, INVALID, ["numeric output"]),
+    "token id outside the vocabulary": (
+        lambda: infer_request("next-token", {"input": np.array([[2, 99]], np.int64)}),
+        INVALID,
+        ["'input'", "outside the vocabulary", "ids in 0..9", "ids in 2..99"],
+    ),
     "typed FP16": (
         lambda: infer_request("dtypes", {"x_fp16": np.ones((1, 2), np.float16)}, raw=False),
         INVALID,
@@ -188,4 +238,21 @@ def test_unloaded_model_is_unavailable(stub):
         assert "unloaded" in info.value.details()
     finally:
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="image"))
+    assert stub.ModelInfer(good_request()).outputs
+
+
+def test_huge_name_gets_a_truncated_message_not_a_transport_error(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(infer_request("m" * 20000, {"input": OK}))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "truncated" in info.value.details()
+    assert stub.ModelInfer(good_request()).outputs
+
+
+def test_undecodable_request_bytes_are_invalid_argument(channel, stub):
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\xff\xff\xff\xff")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf" in info.value.details()
     assert stub.ModelInfer(good_request()).outputs

@@ -25,6 +25,13 @@ def registry(tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):  # MlflowSource sets defaults: undo
+        key = (
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+            if name == "RETRIES"
+            else f"MLFLOW_HTTP_REQUEST_{name}"
+        )
+        monkeypatch.delenv(key, raising=False)
     client = MlflowClient(uri, uri)
     experiment = client.create_experiment("serving", artifact_location=str(tmp_path / "art"))
     previous = mlflow.get_tracking_uri()

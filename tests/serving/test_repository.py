@@ -148,3 +148,19 @@ def test_model_name_validation(name):
 def test_version_validation(version):
     with pytest.raises(InvalidNameError):
         validate_version(version)
+
+
+def test_version_with_different_inputs_needs_an_explicit_load(reload_server):
+    root, stub = reload_server
+    changed = onnx_models.regressor()  # input [batch, 3] instead of the classifier's [batch, 4]
+    _drop(root, 2, changed.SerializeToString())
+
+    def refused() -> bool:
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+        return any(m.version == "2" and "inputs differ" in m.reason for m in index)
+
+    _wait_for(refused)
+    assert stub.ModelInfer(infer_request("classifier", {"input": X})).model_version == "1"
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="classifier"))
+    response = stub.ModelInfer(infer_request("classifier", {"input": np.ones((1, 3), np.float32)}))
+    assert response.model_version == "2"
