@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every case's epochs")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     table = Table(
         title=f"training loop vs hand-written torch loop ({torch.get_num_threads()} threads)"
     )

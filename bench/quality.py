@@ -67,7 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="names like mnist-cnn; default: all seven")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     table = Table(
         title=f"neuroserve training quality (seed 42, defaults, {torch.get_num_threads()} threads)"
     )

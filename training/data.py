@@ -31,6 +31,7 @@ from training.catalog import (
     KIND_INPUTS,
     TEXT_SUFFIXES,
     BuiltinDataset,
+    defaults_for,
     input_kind_of,
 )
 from training.errors import DataError, SpecError
@@ -143,7 +144,7 @@ def load_dataset(
     if input_kind not in KIND_INPUTS.get(kind, ()):
         raise SpecError(f"kind {kind!r} cannot train on {data!r} ({input_kind} data)")
     if input_kind in ("series", "text") and window is None:
-        window = 32 if input_kind == "text" else 20
+        window = defaults_for(kind, data, input_kind)["window"]
     if data in BUILTIN_DATASETS:
         return _load_builtin(data, window=window, limit=limit, seed=seed)
     path = Path(data)

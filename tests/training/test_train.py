@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import Callback, TrainResult, TrainSpec, train
+from training import Callback, TrainResult, TrainSpec, primary_metric, train
 from training.loop import LoopConfig, fit
 from training.models import Predictor
 
@@ -46,6 +46,8 @@ def test_result_shape_per_family(
 ) -> None:
     r = trained(family)
     assert r.baseline_name == baseline and r.primary_metric == metric
+    assert r.higher_is_better == primary_metric(r.data.task)[1]
+    assert r.higher_is_better == (metric in ("accuracy", "r2"))
     assert set(r.baseline_metrics) == set(r.test_metrics)  # same dict shape
     assert r.spec.epochs is not None and r.spec.lr is not None  # resolved
     assert 1 <= r.best_epoch <= len(r.history) <= r.spec.epochs
