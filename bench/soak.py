@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _drive(
-    address: str, seconds: float, concurrency: int, rss: callable
+    address: str, seconds: float, concurrency: int, rss: Callable[[], float]
 ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
     """Run the load; return (t_done, latency_s, code) per call and (t, rss_mb) samples."""
     payloads = [

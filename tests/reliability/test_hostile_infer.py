@@ -18,6 +18,8 @@ import math
 import os
 import struct
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -66,7 +68,7 @@ shapes = st.one_of(
 text_names = st.text(max_size=12)
 
 
-def _field_values(field: str) -> st.SearchStrategy[list]:
+def _field_values(field: str) -> st.SearchStrategy[Any]:
     small = st.lists
     return {
         "bool_contents": small(st.booleans(), max_size=8),
@@ -389,7 +391,7 @@ async def _mixed_batch(address: str) -> tuple[list[str], str]:
     reason="BUG: one request whose values make the session fail fails every request merged "
     "into its batch; innocent clients get INTERNAL (serving/batching.py Batcher._run)",
 )
-def test_one_bad_request_does_not_fail_its_batch_mates(model_repo) -> None:
+def test_one_bad_request_does_not_fail_its_batch_mates(model_repo: Path) -> None:
     thread = ServerThread(
         make_settings(
             model_repo, model_names=["next-token"], max_batch_size=8, max_queue_delay_us=200_000

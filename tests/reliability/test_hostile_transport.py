@@ -279,7 +279,7 @@ def test_tls_refuses_clients_trusting_another_ca(
         )
     ).start()
     try:
-        address = f"localhost:{thread.server.port}"
+        address = "localhost:" + thread.address.rsplit(":", 1)[1]
         assert _ready(address, b["ca"]) == "UNAVAILABLE"  # wrong CA: handshake fails
         with grpc.insecure_channel(address) as plain:  # plaintext to a TLS port
             with pytest.raises(grpc.RpcError) as info:
@@ -306,7 +306,7 @@ def test_mtls_refuses_missing_and_foreign_client_certificates(
         )
     ).start()
     try:
-        address = f"localhost:{thread.server.port}"
+        address = "localhost:" + thread.address.rsplit(":", 1)[1]
         assert _ready(address, a["ca"]) == "UNAVAILABLE"  # no client certificate
         assert _ready(address, a["ca"], client=b) == "UNAVAILABLE"  # signed by another CA
         assert _ready(address, a["ca"], client=a) == "OK"

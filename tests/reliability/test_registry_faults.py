@@ -106,7 +106,7 @@ def _version(address: str) -> str:
 def _populate_cache(uri: str, cache: Path) -> None:
     """Serve once from the live store so the champion lands in the cache."""
     thread = ServerThread(
-        make_settings(None, model_repository=None, mlflow_tracking_uri=uri, cache_dir=cache)
+        make_settings(cache, model_repository=None, mlflow_tracking_uri=uri, cache_dir=cache)
     ).start()
     try:
         assert _version(thread.address) == "1"
@@ -341,7 +341,7 @@ def test_mlflow_outage_while_polling_keeps_serving_logs_once_and_recovers(
         monkeypatch.setenv(name, value)
     proxy = mlflow_http
     settings = make_settings(
-        None,
+        tmp_path,  # replaced by model_repository=None: serve the registry
         model_repository=None,
         mlflow_tracking_uri=f"http://127.0.0.1:{proxy.port}",
         cache_dir=tmp_path / "cache",
