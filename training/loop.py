@@ -114,7 +114,7 @@ def fit(
         epoch_start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator)
-        total = torch.zeros(())
+        losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
             xb, yb = x[idx], y[idx]
@@ -124,12 +124,15 @@ def fit(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            total += loss.detach() * len(idx)
+            losses.append(loss.detach())
         samples += n
+        sizes = torch.full((len(losses),), float(config.batch_size))
+        sizes[-1] = n - config.batch_size * (len(losses) - 1)
+        train_loss = float(torch.dot(torch.stack(losses).float(), sizes)) / n
         model.eval()
         with torch.no_grad():
             val = validate(model)
-        logs: dict[str, float] = {"epoch": float(epoch), "train_loss": float(total) / n}
+        logs: dict[str, float] = {"epoch": float(epoch), "train_loss": train_loss}
         logs.update({k: float(v) for k, v in val.items()})
         logs["seconds"] = time.perf_counter() - epoch_start
         history.append(logs)
