@@ -147,12 +147,6 @@ def test_mlflow_down_at_start_serves_cached_champion(
     assert server.count("event=model_") + server.count("registry_") == polls_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with MLflow's default HTTP retries (7, exponential backoff) one scan of an "
-    "unreachable registry blocks ~250 s, so a restart during an outage is not ready for "
-    "minutes although the cache could serve at once (serving/sources.py MlflowSource._client)",
-)
 def test_mlflow_down_at_start_is_ready_quickly_with_default_client_settings(
     registry: tuple[str, Any],
     tmp_path: Path,
@@ -169,13 +163,6 @@ def test_mlflow_down_at_start_is_ready_quickly_with_default_client_settings(
     assert _version(server.address) == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SIGTERM while the first repository scan/load is running is not acted on "
-    "until it finishes (serve() only waits for the signal after server.start() returns), so "
-    "a server stuck on an unreachable registry cannot be stopped gracefully "
-    "(serving/server.py serve)",
-)
 def test_sigterm_during_a_stuck_start_exits_within_the_grace_period(
     registry: tuple[str, Any],
     tmp_path: Path,
@@ -197,13 +184,6 @@ def test_sigterm_during_a_stuck_start_exits_within_the_grace_period(
     assert server.proc.wait(5) == 0  # a 2 s grace period, plus margin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: MlflowSource.fetch downloads 'models:/<name>/<version>', which MLflow resolves "
-    "through the process-wide registry URI (MLFLOW_REGISTRY_URI), not the source's own "
-    "tracking URI; a server pointed at one store loads nothing when that variable names "
-    "another (serving/sources.py MlflowSource.fetch)",
-)
 def test_fetch_uses_the_configured_store_not_the_process_registry_uri(
     registry: tuple[str, Any], tmp_path: Path, start_server: Callable[..., ServerProcess]
 ) -> None:
