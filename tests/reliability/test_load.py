@@ -105,6 +105,10 @@ def test_overload_rejects_fast_and_recovers(slow_repo: Path, batching: bool) -> 
         assert max(rejected) < 1.0, f"slowest rejection {max(rejected):.2f}s"
         assert float(np.median(rejected)) < 0.5
         assert wall < 20, f"burst took {wall:.1f}s"  # nothing hangs
+        slowest, median = max(rejected) * 1000, float(np.median(rejected)) * 1000
+        print(f"overload ({'batching' if batching else 'direct'}): {admitted} served, "
+              f"{len(rejected)} RESOURCE_EXHAUSTED, slowest rejection {slowest:.0f} ms, "
+              f"median {median:.0f} ms, burst {wall:.2f} s")  # fmt: skip
         with grpc.insecure_channel(thread.address) as channel:  # load gone: served again
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             t0 = time.perf_counter()
