@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -396,13 +397,15 @@ def _images_from_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
-            if "x" not in keys or "y" not in keys:
-                raise DataError(
-                    f"{path.name} must hold arrays named 'x' and 'y'; it holds: {', '.join(keys)}"
-                )
-            x, y = np.asarray(z["x"]), np.asarray(z["y"])
-    except (OSError, ValueError) as exc:
+            arrays = {k: np.asarray(z[k]) for k in keys if k in ("x", "y")}
+            keys = list(z.keys())
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path.name} as an .npz archive: {exc}") from exc
+    if set(arrays) != {"x", "y"}:
+        raise DataError(
+            f"{path.name} must hold arrays named 'x' and 'y'; it holds: {', '.join(keys) or 'none'}"
+        )
+    x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[:, None, :, :]
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):

@@ -262,3 +262,15 @@ def test_train_and_export_on_user_rgb_images_and_text(tmp_path: Path) -> None:
     text = train(TrainSpec("gru", str(story), epochs=2, window=5))
     assert text.data.task == "next-token" and text.baseline_name == "bigram"
     assert export_onnx(text, tmp_path / "text.onnx").max_abs_diff <= 1e-4
+
+
+def test_corrupt_or_incomplete_npz(tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.npz"
+    corrupt.write_bytes(b"this is not a zip archive at all")
+    with pytest.raises(DataError, match=re.escape("cannot read broken.npz as an .npz archive")):
+        load_dataset(str(corrupt), kind="cnn")
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, images=np.zeros((3, 4, 4)))
+    with pytest.raises(DataError) as err:
+        load_dataset(str(partial), kind="cnn")
+    assert str(err.value) == "partial.npz must hold arrays named 'x' and 'y'; it holds: images"
