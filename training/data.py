@@ -398,7 +398,7 @@ def _images_from_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             arrays = {k: np.asarray(z[k]) for k in keys if k in ("x", "y")}
-            keys = list(z.keys())
+    # A file that is not a zip raises BadZipFile, which is neither OSError nor ValueError.
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path.name} as an .npz archive: {exc}") from exc
     if set(arrays) != {"x", "y"}:
