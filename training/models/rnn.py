@@ -52,9 +52,15 @@ class SeriesRNN(nn.Module):
         self.out = nn.Linear(config.hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, time, 1]`` -> ``[batch, 1]`` next value in standardised units."""
-        h, _ = self.rnn((x - self.mean) / self.std)
-        return self.out(h[:, -1, :])
+        """``[batch, time, 1]`` -> ``[batch, 1]`` next value in standardised units.
+
+        The network predicts the change from the last value, which is added back: a trending
+        series (co2) leaves the training range on the test split, and a bounded recurrent state
+        cannot extrapolate a level, but it can predict a step.
+        """
+        z = (x - self.mean) / self.std
+        h, _ = self.rnn(z)
+        return z[:, -1, :] + self.out(h[:, -1, :])
 
 
 class TextRNN(nn.Module):
