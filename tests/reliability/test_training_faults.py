@@ -195,15 +195,7 @@ BAD_INPUTS = [
     pytest.param("empty-text", marks=pytest.mark.slow),
     pytest.param("latin1-binary-text", marks=pytest.mark.slow),
     pytest.param("empty-class-folders", marks=pytest.mark.slow),
-    pytest.param(
-        "corrupt-npz",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: an .npz that is not a zip raises zipfile.BadZipFile, which "
-            "_images_from_npz does not turn into DataError: exit 1 with a traceback instead "
-            "of exit 2 and one line (training/data.py _images_from_npz)",
-        ),
-    ),
+    "corrupt-npz",
 ]
 
 
