@@ -35,6 +35,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
+#: Inline threshold (ns) when the process may use one core only (see ``OnnxRuntimeModel``).
+SINGLE_CORE_INLINE_NS = 3_000_000
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -228,6 +231,13 @@ class OnnxModel:
         self.run(self.dummy_feeds(batch_size))
 
 
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _timed_run(
     model: OnnxModel, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -305,7 +315,12 @@ class OnnxRuntimeModel(ModelRuntime):
         self._inter = inter_op_threads
         self._warmup = warmup
         self._model: OnnxModel | None = None
+        # On a single usable core the compute thread cannot overlap the event loop: the
+        # hand-off is pure overhead (plus waits for the GIL), and a call on the thread would
+        # hold the core for a scheduler time slice (a few ms) anyway. Calls up to that run inline.
         self._inline_ns = inline_compute_us * 1000
+        if inline_compute_us > 0 and _usable_cores() == 1:
+            self._inline_ns = max(self._inline_ns, SINGLE_CORE_INLINE_NS)
         self._compute_ns = float("inf")  # moving average of session-call time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{name}-{version}")
 
@@ -365,7 +380,8 @@ class OnnxRuntimeModel(ModelRuntime):
 
         Handing a call to a thread and back costs roughly 100 µs of Python overhead; for models
         whose calls take less than ``inline_compute_us`` that hop costs more than it saves, so
-        they run on the event loop thread (blocking it only that briefly).
+        they run on the event loop thread (blocking it only that briefly). With one usable core
+        calls up to 3 ms run inline (the thread could not run alongside the loop anyway).
         """
         model = self.model
         if self._compute_ns < self._inline_ns:

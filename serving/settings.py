@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     inline_compute_us: int = 150
     """Session calls measured faster than this (µs, moving average) run on the event loop
     instead of the compute thread: for tiny models the thread hand-off (~100 µs of Python
-    overhead) costs more than it saves. 0 always uses the compute thread."""
+    overhead) costs more than it saves. A process limited to one core (e.g. by ``taskset``) runs
+    calls up to 3 ms inline, since the thread could not overlap the loop. 0 always uses the
+    compute thread."""
 
     warmup: bool = True
     """Run one dummy batch through each new session before it takes traffic, so the first real
