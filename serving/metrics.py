@@ -52,6 +52,11 @@ class ServerMetrics:
             "neuroserve_batch_size", "Items per executed batch.",
             ["model"], buckets=_BATCH_BUCKETS, registry=reg,
         )  # fmt: skip
+        # Labelled children by label values: ``labels()`` takes a lock and builds a key on every
+        # call, several times per request; the children themselves never change.
+        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._queue_children: dict[str, Histogram] = {}
+        self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.models_loaded = Gauge(
             "neuroserve_models_loaded", "Model versions loaded and ready.",
             registry=reg, multiprocess_mode="livesum",
@@ -61,15 +66,32 @@ class ServerMetrics:
         self, model: str, status: str, total_s: float, queue_s: float | None = None
     ) -> None:
         """Count one finished request and record its latencies."""
-        self.requests.labels(model, status).inc()
-        self.request_latency.labels(model).observe(total_s)
+        children = self._request_children.get((model, status))
+        if children is None:
+            children = self._request_children[(model, status)] = (
+                self.requests.labels(model, status),
+                self.request_latency.labels(model),
+            )
+        count, total = children
+        count.inc()
+        total.observe(total_s)
         if queue_s is not None:
-            self.queue_latency.labels(model).observe(queue_s)
+            queue = self._queue_children.get(model)
+            if queue is None:  # created on first use, as before: no empty series
+                queue = self._queue_children[model] = self.queue_latency.labels(model)
+            queue.observe(queue_s)
 
     def observe_batch(self, model: str, batch_size: int, compute_s: float) -> None:
         """Record one executed batch."""
-        self.batch_size.labels(model).observe(batch_size)
-        self.compute_latency.labels(model).observe(compute_s)
+        children = self._batch_children.get(model)
+        if children is None:
+            children = self._batch_children[model] = (
+                self.batch_size.labels(model),
+                self.compute_latency.labels(model),
+            )
+        size, compute = children
+        size.observe(batch_size)
+        compute.observe(compute_s)
 
     def set_models_loaded(self, count: int) -> None:
         """Set the number of ready model versions."""
