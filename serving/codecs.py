@@ -52,6 +52,11 @@ CONTENTS_FIELD: Final[dict[str, str]] = {
 
 CLASSIFICATION: Final = "classification"
 
+#: Wire dtypes (raw contents are little-endian), built once instead of per request.
+_LITTLE_ENDIAN: Final[dict[str, np.dtype]] = {
+    name: dtype.newbyteorder("<") for name, dtype in NUMPY_OF.items()
+}
+
 #: Most dimensions a tensor may have (numpy's own ceiling; ONNX models use far fewer).
 MAX_DIMS: Final = 64
 
@@ -223,7 +228,7 @@ def _decode_values(
         raise InvalidInputError(
             model, "unsupported datatype", tensor=name, expected=sorted(NUMPY_OF), got=datatype
         )
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidInputError(model, "negative dimension in shape", tensor=name, got=shape)
     if len(shape) > MAX_DIMS:
         raise InvalidInputError(
@@ -252,7 +257,7 @@ def _decode_values(
                 expected=f"{expected} bytes ({datatype} {_shape_str(shape)})",
                 got=f"{len(raw)} bytes",
             )  # fmt: skip
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(raw, dtype=_LITTLE_ENDIAN[datatype]).reshape(shape)
     if datatype == "FP16":
         raise InvalidInputError(
             model, "FP16 has no typed contents field; send it in raw_input_contents", tensor=name
@@ -345,7 +350,7 @@ def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> Decode
             if (
                 array.dtype.kind == "f"
                 and not sig.accepts_non_finite
-                and not np.isfinite(array.sum(dtype=np.float64))
+                and not np.isfinite(np.add.reduce(array, axis=None, dtype=np.float64))
             ):
                 bad = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if bad:
@@ -406,17 +411,23 @@ def _tokenize(sig: ModelSignature, spec: TensorSpec, texts: np.ndarray) -> np.nd
 def _batch_size(sig: ModelSignature, feeds: Mapping[str, np.ndarray]) -> int:
     if not sig.batchable or not feeds:
         return 1
-    sizes = {name: array.shape[0] if array.ndim else 1 for name, array in feeds.items()}
-    if len(set(sizes.values())) > 1:
-        raise InvalidInputError(sig.name, "inputs disagree on the batch size (axis 0)", got=sizes)
-    size = next(iter(sizes.values()))
+    if len(feeds) == 1:  # the common case: nothing to agree on
+        first, array = next(iter(feeds.items()))
+        size = array.shape[0] if array.ndim else 1
+    else:
+        sizes = {name: array.shape[0] if array.ndim else 1 for name, array in feeds.items()}
+        if len(set(sizes.values())) > 1:
+            raise InvalidInputError(
+                sig.name, "inputs disagree on the batch size (axis 0)", got=sizes
+            )
+        first, size = next(iter(sizes.items()))
     if size < 1:
         raise InvalidInputError(
-            sig.name, "empty batch", tensor=next(iter(sizes)), expected="batch >= 1", got=size
+            sig.name, "empty batch", tensor=first, expected="batch >= 1", got=size
         )
     if size > sig.max_batch_size:
         raise InvalidInputError(
-            sig.name, "batch larger than max_batch_size", tensor=next(iter(sizes)),
+            sig.name, "batch larger than max_batch_size", tensor=first,
             expected=f"<= {sig.max_batch_size}", got=size,
         )  # fmt: skip
     return size
