@@ -54,11 +54,11 @@ def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
     # Column headers of the three prediction tables (titles may wrap).
     assert "top-3 (label: probability)" in output
     assert "predicted" in output and "truth" in output
-    assert "p(malignant)" in output and "p(benign)" in output
+    assert "diabetes-fnn" in output and "row" in output
     assert "server stopped (exit code 0)" in output
     # Everything landed in this home, nowhere else.
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for name in ("mnist-cnn", "sunspots-lstm", "breast-cancer-fnn"):
+    for name in ("mnist-cnn", "sunspots-lstm", "diabetes-fnn"):
         version = client.get_model_version_by_alias(name, "champion")
         assert version.tags["neuroserve.gate.overridden"] == "True", (
             f"{name}: the quick demo's gate override is not recorded on the version"
