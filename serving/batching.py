@@ -182,11 +182,17 @@ class Batcher:
                 continue
             # Loop turns let requests that already arrived join this batch without waiting for
             # a timer (the event loop's timers resolve to ~1 ms, far above compute times). A
-            # call reaches submit() a few turns after its bytes arrive, so under load keep
-            # turning while each turn still brings requests in (never once the batch is full):
-            # one turn alone left batches of ~2 at 32 concurrent callers.
-            before = 0
-            while before < len(self._pending) < self.config.max_batch_size:
+            # call reaches submit() a few turns after its bytes arrive. When the session runs
+            # on the compute thread, requests keep arriving while it computes; when it runs
+            # inline it blocks the loop, so keep turning while each turn still brings requests
+            # in (never once the batch is full): one turn alone left batches of ~2 at 32
+            # concurrent callers.
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            while (
+                self.runtime.computes_inline
+                and before < len(self._pending) < self.config.max_batch_size
+            ):
                 before = len(self._pending)
                 await asyncio.sleep(0)
             while True:

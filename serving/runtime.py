@@ -273,6 +273,11 @@ class ModelRuntime(abc.ABC):
     def batchable(self) -> bool:
         """True when axis 0 of every tensor is a batch axis the batcher may merge on."""
 
+    @property
+    def computes_inline(self) -> bool:
+        """True when the next ``predict`` runs on the event loop thread (blocking it)."""
+        return False
+
     @abc.abstractmethod
     async def load(self) -> None:
         """Load (and warm up) the model; raise on failure."""
@@ -346,6 +351,10 @@ class OnnxRuntimeModel(ModelRuntime):
     @property
     def batchable(self) -> bool:
         return self.model.batchable
+
+    @property
+    def computes_inline(self) -> bool:
+        return self._compute_ns < self._inline_ns
 
     @property
     def providers(self) -> list[str]:
