@@ -57,11 +57,18 @@ def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
     assert "diabetes-fnn" in output and "row" in output
     assert "server stopped (exit code 0)" in output
     # Everything landed in this home, nowhere else.
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Registry URI explicit: other tests' fixtures may have set MLFLOW_REGISTRY_URI for the session.
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     for name in ("mnist-cnn", "sunspots-lstm", "diabetes-fnn"):
         version = client.get_model_version_by_alias(name, "champion")
-        assert version.tags["neuroserve.gate.overridden"] == "True", (
-            f"{name}: the quick demo's gate override is not recorded on the version"
-        )
+        tags = version.tags
+        assert tags["neuroserve.gate"] == "champion"
+        # --quick overrides the gate only where the small model would not pass it; either way
+        # the version says which it was.
+        if tags["neuroserve.gate.overridden"] == "True":
+            assert "--promote" in tags["neuroserve.gate.reason"], name
+        else:
+            assert "beats the baseline" in tags["neuroserve.gate.reason"], name
     assert (tmp_path / "prefect").is_dir()
     assert not (ROOT / "mlruns").exists()

@@ -86,7 +86,11 @@ def test_train_registers_champion_then_gates_worse_config(home: Path, client: An
     # --- a deliberately worse config is gated to challenger, with the reason everywhere
     second = train_flow(WORSE)
     assert second.version == "2" and second.alias == "challenger" and not second.gate_passed
-    assert "baseline" in second.reason
+    # Since the series nets predict the step from the last value, even this config may beat the
+    # naive baseline; it must still lose, to the baseline or to the champion, and say which.
+    assert (
+        "does not beat the baseline" in second.reason or "does not beat champion" in second.reason
+    )
     mv = client.get_model_version("sunspots-gru", "2")
     assert mv.tags["neuroserve.gate"] == "challenger"
     assert mv.tags["neuroserve.gate.reason"] == second.reason
