@@ -47,6 +47,22 @@ PER_DATA = "per kind and data set"
 DEFAULT_DATA = {"fnn": "breast-cancer", "cnn": "digits", "lstm": "sunspots", "gru": "sunspots"}
 DATA_DEFAULT_HELP = "per kind: fnn breast-cancer, cnn digits, lstm/gru sunspots"
 
+# Options that `train` and `compare` share, declared once.
+DataOption = Annotated[
+    str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)]
+LrOption = Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)]
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
+]
+TargetOption = Annotated[
+    str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
+]
+LimitOption = Annotated[
+    int | None, typer.Option(help="Use at most this many samples.", show_default="all")
+]
+
 
 def fail(message: str, code: int = 2) -> None:
     """Print one red line (never wrapped) and exit with ``code``."""
@@ -172,22 +188,14 @@ def _print_train(outcome: Any) -> None:
 def train(
     kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
     *,
-    data: Annotated[
-        str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
-    ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
-    ] = None,
+    data: DataOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
     optimizer: Annotated[str, typer.Option(help="adam, adamw, sgd, rmsprop...")] = "adam",
     activation: Annotated[str, typer.Option(help="relu, sigmoid, tanh, leaky_relu...")] = "relu",
     seed: Annotated[int, typer.Option(help="Random seed (data split and weights).")] = 42,
-    target: Annotated[
-        str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
-    ] = None,
+    target: TargetOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Registered model name.", show_default="<data set>-<kind>"),
@@ -195,9 +203,7 @@ def train(
     window: Annotated[
         int | None, typer.Option(help="Look-back length (series, text).", show_default=PER_DATA)
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Use at most this many samples.", show_default="all")
-    ] = None,
+    limit: LimitOption = None,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     promote: Annotated[
         bool, typer.Option("--promote", help="Make it champion even if the gate says no.")
@@ -245,22 +251,14 @@ def compare(
             show_default=False,
         ),
     ],
-    data: Annotated[
-        str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
-    ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
-    ] = None,
+    data: DataOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
     optimizer: Annotated[str, typer.Option(help="Optimizer when not varied.")] = "adam",
     activation: Annotated[str, typer.Option(help="Activation when not varied.")] = "relu",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    target: Annotated[
-        str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
-    ] = None,
+    target: TargetOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Experiment (model) name.", show_default="<data set>-<kind>"),
@@ -268,9 +266,7 @@ def compare(
     window: Annotated[
         int | None, typer.Option(help="Look-back length.", show_default=PER_DATA)
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Use at most this many samples.", show_default="all")
-    ] = None,
+    limit: LimitOption = None,
 ) -> None:
     """Train variants side by side under one parent MLflow run; name the winner."""
     bootstrap()
