@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.settings import DEFAULT_BATCH_SIZE
+
 app = typer.Typer(
     name="neuroserve",
     help="Train, compare, register, schedule and score neural nets; serve them over gRPC.",
@@ -402,7 +404,17 @@ def score(
     output: Annotated[
         str, typer.Option("--output", "-o", help="Output .csv or .parquet.", show_default=False)
     ],
-    chunk_size: Annotated[int, typer.Option(help="Rows per chunk (one Prefect task each).")] = 1024,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per ONNX Runtime call.", min=1)
+    ] = DEFAULT_BATCH_SIZE,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows per chunk (one Prefect task each).",
+            min=1,
+            show_default="enough chunks to keep every core (or Dask thread) busy",
+        ),
+    ] = None,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -432,13 +444,16 @@ def score(
         str(resolved.path),
         input,
         output,
+        batch_size=batch_size,
         chunk_size=chunk_size,
         dask_address=dask,
         id_column=id_column,
         model_label=label,
     )
     console.print(
-        f"scored {outcome.rows} rows with {label} in {outcome.chunks} chunk(s), "
+        f"scored {outcome.rows} rows with {label} in {outcome.chunks} chunk(s) "
+        f"({'Prefect tasks' if outcome.as_tasks else 'flow threads'}, batches of "
+        f"{outcome.batch_size}), "
         f"{outcome.seconds:.2f} s ({outcome.rows_per_second:,.0f} rows/s) -> {outcome.output}",
         soft_wrap=True,
         highlight=False,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import ScoringInputError
-from pipelines.score import run_score
+from pipelines.score import MAX_CHUNK_BATCHES, _stored_member, plan_chunks, run_score
 from serving.runtime import OnnxModel
 from tests.pipelines.conftest import Exported
 
@@ -185,3 +185,84 @@ def test_unreachable_dask_scheduler_is_named(home: Path, table_model: Exported) 
             str(home / "o.csv"),
             dask_address="tcp://127.0.0.1:1",
         )
+
+
+def test_chunks_are_whole_batches_sized_to_keep_workers_busy() -> None:
+    assert plan_chunks(5000, 1024, None, workers=2) == [(0, 2500), (2500, 5000)]
+    assert plan_chunks(900, 1024, None, workers=2) == [(0, 900)]  # one batch: one chunk
+    assert plan_chunks(1500, 1024, None, workers=4) == [(0, 750), (750, 1500)]
+    big = plan_chunks(1_000_000, 1024, None, workers=2)
+    sizes = [b - a for a, b in big]
+    assert len(big) % 2 == 0 and max(sizes) <= MAX_CHUNK_BATCHES * 1024
+    assert max(sizes) - min(sizes) <= len(big) and big[-1][1] == 1_000_000
+    assert plan_chunks(40, 8, 16, workers=2) == [(0, 16), (16, 32), (32, 40)]  # explicit wins
+
+
+def test_batch_size_and_chunking_never_change_results(home: Path, image_model: Exported) -> None:
+    x = image_model.result.data.x_test[:37]
+    np.savez(home / "imgs.npz", x=x)
+    expected = _onnx(image_model, x)
+    frames = []
+    for batch, chunk in ((1, None), (5, 12), (64, None)):
+        out = run_score(
+            str(image_model.path),
+            str(home / "imgs.npz"),
+            str(home / f"b{batch}.csv"),
+            batch_size=batch,
+            chunk_size=chunk,
+            show_progress=False,
+        )
+        assert out.batch_size == batch and out.rows == 37
+        assert out.chunks == len(plan_chunks(37, batch, chunk, workers=_cores()))
+        frames.append(pd.read_csv(home / f"b{batch}.csv"))
+    for got in frames:
+        np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), expected, atol=1e-5)
+        assert list(got["row"]) == list(range(37))
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch_size", 0), ("chunk_size", -5)])
+def test_sizes_below_one_are_refused(
+    home: Path, image_model: Exported, option: str, value: int
+) -> None:
+    np.savez(home / "imgs.npz", x=image_model.result.data.x_test[:3])
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ScoringInputError, match=f"{flag} must be at least 1, got {value}"):
+        run_score(
+            str(image_model.path),
+            str(home / "imgs.npz"),
+            str(home / "o.csv"),
+            show_progress=False,
+            **{option: value},  # type: ignore[arg-type]
+        )
+    assert not (home / "o.csv").exists()
+
+
+def test_stored_npz_is_mapped_and_compressed_npz_loaded_same_result(
+    home: Path, image_model: Exported
+) -> None:
+    x = image_model.result.data.x_test[:30]
+    np.savez(home / "plain.npz", x=x, ids=np.arange(30))
+    np.savez_compressed(home / "packed.npz", x=x, ids=np.arange(30))
+    mapped = _stored_member(home / "plain.npz", "x")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, x)
+    assert _stored_member(home / "packed.npz", "x") is None  # deflated: loaded the usual way
+    assert _stored_member(home / "plain.npz", "missing") is None
+    for name in ("plain", "packed"):
+        run_score(
+            str(image_model.path),
+            str(home / f"{name}.npz"),
+            str(home / f"{name}.csv"),
+            show_progress=False,
+        )
+    pd.testing.assert_frame_equal(pd.read_csv(home / "plain.csv"), pd.read_csv(home / "packed.csv"))
+    np.testing.assert_allclose(
+        pd.read_csv(home / "plain.csv").filter(like="prob_").to_numpy(),
+        _onnx(image_model, x),
+        atol=1e-5,
+    )
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
