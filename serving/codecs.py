@@ -204,6 +204,50 @@ class ModelSignature:
         """Models opt in to NaN/Inf with metadata ``accepts_non_finite = true``."""
         return self.metadata.get("accepts_non_finite", "").lower() == "true"
 
+    @functools.cached_property
+    def plain_outputs(self) -> dict[str, RequestedOutput]:
+        """A requested output without parameters, by name (built once, shared by requests)."""
+        return {spec.name: RequestedOutput(spec.name) for spec in self.outputs}
+
+    @functools.cached_property
+    def fast_input(self) -> FastInput | None:
+        """The one-input shape most models have, precomputed for :func:`_decode_fast`."""
+        if len(self.inputs) != 1 or not self.batchable or self.tokenizer is not None:
+            return None
+        spec = self.inputs[0]
+        tail = tuple(spec.shape[1:])
+        if (
+            spec.datatype not in _LITTLE_ENDIAN
+            or spec.datatype == "BYTES"
+            or min(tail, default=0) < 0
+        ):
+            return None
+        dtype = _LITTLE_ENDIAN[spec.datatype]
+        return FastInput(
+            name=spec.name,
+            datatype=spec.datatype,
+            dtype=dtype,
+            rank=len(spec.shape),
+            tail=tail,
+            row_bytes=_count(tail) * dtype.itemsize,
+            check_finite=dtype.kind == "f" and not self.accepts_non_finite,
+            signature=((spec.name, dtype.num, tail),),
+        )
+
+
+@dataclass(frozen=True)
+class FastInput:
+    """What a well-formed request for a one-input model must look like, worked out once."""
+
+    name: str
+    datatype: str
+    dtype: np.dtype
+    rank: int
+    tail: tuple[int, ...]  # the fixed non-batch dimensions
+    row_bytes: int
+    check_finite: bool
+    signature: tuple[Any, ...]
+
 
 def _shape_str(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
@@ -292,11 +336,54 @@ def _check_shape(sig: ModelSignature, spec: TensorSpec, shape: Sequence[int]) ->
         )  # fmt: skip
 
 
+def _decode_fast(request: pb.ModelInferRequest, sig: ModelSignature) -> DecodedRequest | None:
+    """The common request (one raw input, exactly the model's shape) in few steps, or None.
+
+    Decoding was the server's largest Python cost per request (~37 µs of ~100 at 32 concurrent
+    callers, caches cold from gRPC's own work). Anything unusual -- and every mistake --
+    returns None and takes the full path, which finds and names the problem.
+    """
+    fast = sig.fast_input
+    raw = request.raw_input_contents
+    inputs = request.inputs
+    if fast is None or len(raw) != 1 or len(inputs) != 1:
+        return None
+    tensor = inputs[0]
+    if tensor.name != fast.name or tensor.datatype != fast.datatype or tensor.HasField("contents"):
+        return None
+    shape = tuple(tensor.shape)
+    data = raw[0]
+    if len(shape) != fast.rank or shape[1:] != fast.tail:
+        return None
+    size = shape[0]
+    if not 0 < size <= sig.max_batch_size or len(data) != size * fast.row_bytes:
+        return None
+    array = np.frombuffer(data, dtype=fast.dtype).reshape(shape)
+    if fast.check_finite and not np.isfinite(np.add.reduce(array, None, np.float64)):
+        return None  # maybe NaN/Inf, maybe only an overflowing sum: the full path counts
+    if not request.outputs:
+        requested = sig.all_outputs
+    else:
+        plain = sig.plain_outputs
+        requested = []
+        for out in request.outputs:
+            got = plain.get(out.name)
+            if got is None or out.parameters:
+                return None
+            requested.append(got)
+    return DecodedRequest({fast.name: array}, size, requested, raw=True, signature=fast.signature)
+
+
 def decode_request(request: pb.ModelInferRequest, sig: ModelSignature) -> DecodedRequest:
     """Validate a ModelInferRequest against a model and return its numpy feeds.
 
     Raises ``InvalidInputError`` naming the model, tensor, expectation and what came.
     """
+    return _decode_fast(request, sig) or _decode_full(request, sig)
+
+
+def _decode_full(request: pb.ModelInferRequest, sig: ModelSignature) -> DecodedRequest:
+    """Every check in order; the first failure raises ``InvalidInputError``."""
     model = sig.name
     raw_contents = request.raw_input_contents
     uses_raw = len(raw_contents) > 0
