@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
-from typing import Final
+from typing import Final, Protocol, TypeVar
+
+import numpy as np
 
 from serving import status
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
-from serving.codecs import decode_request, encode_response
+from serving.codecs import (
+    ModelSignature,
+    RequestedOutput,
+    decode_request,
+    encode_response,
+    encode_response_bytes,
+)
 from serving.datatypes import CONFIG_TYPE
 from serving.errors import ServerUnavailableError, ServingError
 from serving.metrics import ServerMetrics
@@ -26,6 +35,25 @@ from serving.settings import Settings
 from serving.statistics import Duration, ModelStats
 
 PLATFORM: Final = "onnxruntime_onnx"
+
+R = TypeVar("R", pb.ModelInferResponse, bytes)
+R_co = TypeVar("R_co", pb.ModelInferResponse, bytes, covariant=True)
+
+
+class Encoder(Protocol[R_co]):
+    """How an inference result becomes an answer (a message, or its serialized bytes)."""
+
+    def __call__(
+        self,
+        sig: ModelSignature,
+        version: str,
+        *,
+        request_id: str,
+        outputs: Mapping[str, np.ndarray],
+        requested: Sequence[RequestedOutput],
+        raw: bool = True,
+    ) -> R_co: ...
+
 
 #: Protocol extensions this server implements (reported by ServerMetadata).
 EXTENSIONS: Final = (
@@ -171,28 +199,41 @@ class DataPlane:
         self, request: pb.ModelInferRequest, timeout: float | None = None
     ) -> pb.ModelInferResponse:
         """Validate, queue (maybe batch), run and encode one request."""
+        return await self._infer(request, timeout, encode_response)
+
+    async def infer_bytes(
+        self, request: pb.ModelInferRequest, timeout: float | None = None
+    ) -> bytes:
+        """:meth:`infer`, answered as the serialized response (the unary hot path)."""
+        return await self._infer(request, timeout, encode_response_bytes)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, timeout: float | None, encode: Encoder[R]
+    ) -> R:
         self._check_ready()
         start = time.perf_counter_ns()
         served = self.repository.get(request.model_name, request.model_version)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         queue_ns: int | None = None
-        with served.use():
-            try:
-                decoded = decode_request(request, served.signature)
-                outputs, queue_ns = await served.batcher.submit(
-                    decoded.feeds, decoded.batch_size, decoded.signature, deadline
-                )
-                response = encode_response(
-                    served.signature,
-                    served.version,
-                    request_id=request.id,
-                    outputs=outputs,
-                    requested=decoded.requested,
-                    raw=decoded.raw or not request.inputs,
-                )
-            except BaseException as exc:
-                self._record(served, False, start, queue_ns, exc)
-                raise
+        served.acquire()
+        try:
+            decoded = decode_request(request, served.signature)
+            outputs, queue_ns = await served.batcher.submit(
+                decoded.feeds, decoded.batch_size, decoded.signature, deadline
+            )
+            response = encode(
+                served.signature,
+                served.version,
+                request_id=request.id,
+                outputs=outputs,
+                requested=decoded.requested,
+                raw=decoded.raw or not request.inputs,
+            )
+        except BaseException as exc:
+            self._record(served, False, start, queue_ns, exc)
+            raise
+        finally:
+            served.release()
         self._record(served, True, start, queue_ns, None)
         return response
 

@@ -35,7 +35,7 @@ from serving.dataplane import DataPlane
 from serving.logs import configure, log_event
 from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
 from serving.repository import Repository
-from serving.servicer import InferenceServicer
+from serving.servicer import MODEL_INFER, UNDECODABLE, InferenceServicer
 from serving.settings import Settings
 from serving.sources import DirectorySource, MlflowSource, ModelSource
 
@@ -74,10 +74,7 @@ def _decode_guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMeth
         try:
             request = deserialize(raw)
         except Exception:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request bytes are not a valid protobuf message for {method}",
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE.format(method))
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -91,9 +88,13 @@ class DecodeGuardHandler(grpc.GenericRpcHandler):
     interceptor: any interceptor makes grpc.aio await an interceptor chain and build a new
     handler on every RPC, which cost ~10% of a small model's request time."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(
+        self,
+        inner: grpc.GenericRpcHandler,
+        overrides: dict[str, grpc.RpcMethodHandler] | None = None,
+    ) -> None:
         self._inner = inner
-        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        self._cache: dict[str, grpc.RpcMethodHandler] = dict(overrides or {})
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -112,11 +113,16 @@ class DecodeGuardHandler(grpc.GenericRpcHandler):
 class _DecodeGuardRegistrar:
     """Stands in for the server in generated ``add_*_to_server`` calls, guarding handlers."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, overrides: dict[str, grpc.RpcMethodHandler] | None = None
+    ) -> None:
         self._server = server
+        self._overrides = overrides
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers([DecodeGuardHandler(h) for h in handlers])
+        self._server.add_generic_rpc_handlers(
+            [DecodeGuardHandler(h, self._overrides) for h in handlers]
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
@@ -166,12 +172,16 @@ class InferenceServer:
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ],
         )
-        registrar = _DecodeGuardRegistrar(self.grpc_server)
+        servicer = InferenceServicer(self.dataplane)
+        # ModelInfer, the hot path, takes and returns bytes (see InferenceServicer.infer_bytes).
+        fast = {MODEL_INFER: grpc.unary_unary_rpc_method_handler(servicer.infer_bytes)}
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), registrar
+            servicer, _DecodeGuardRegistrar(self.grpc_server, fast)
         )
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            self.health, _DecodeGuardRegistrar(self.grpc_server)
+        )
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
             self.grpc_server,

@@ -12,10 +12,13 @@ from serving._proto import grpc_service_pb2 as pb
 from serving.codecs import (
     CLASSIFICATION,
     ModelSignature,
+    RequestedOutput,
     _decode_fast,
     _decode_full,
     decode_request,
     encode_inputs,
+    encode_response,
+    encode_response_bytes,
 )
 from serving.errors import InvalidInputError
 from serving.runtime import OnnxModel
@@ -122,6 +125,7 @@ def test_classification_request_takes_the_full_path(image_sig: ModelSignature) -
     assert decode_request(request, image_sig).requested[0].classification == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in dot")  # pytest resets our filter
 def test_huge_but_finite_values_pass(image_sig: ModelSignature) -> None:
     x = np.full((1, 1, 8, 8), 3e38, np.float32)  # a float32 sum would overflow; the values do not
     decoded = decode_request(_request(x), image_sig)
@@ -131,3 +135,41 @@ def test_huge_but_finite_values_pass(image_sig: ModelSignature) -> None:
 @pytest.mark.parametrize("build", ["two-io", "next-token", "dtypes"])
 def test_models_outside_the_fast_shape_have_no_fast_path(tmp_path: Path, build: str) -> None:
     assert _signature(tmp_path, onnx_models.ALL[build], build).fast_input is None
+
+
+@pytest.mark.parametrize("request_id", ["", "req-7"])
+@pytest.mark.parametrize("raw", [True, False])
+@pytest.mark.parametrize("top", [0, 2])
+def test_response_bytes_parse_to_the_response_message(
+    tmp_path: Path, request_id: str, raw: bool, top: int
+) -> None:
+    sig = _signature(tmp_path, onnx_models.two_in_two_out, "two-io")
+    rng = np.random.default_rng(top)
+    for batch in (1, 3, 3):  # the repeated shape reuses the cached header
+        outputs = {s.name: rng.normal(size=(batch, 2)).astype(np.float32) for s in sig.outputs}
+        requested = [RequestedOutput(s.name, top) for s in reversed(sig.outputs)]
+        args = {"request_id": request_id, "outputs": outputs, "requested": requested, "raw": raw}
+        message = encode_response(sig, "4", **args)  # type: ignore[arg-type]
+        wire = encode_response_bytes(sig, "4", **args)  # type: ignore[arg-type]
+        assert pb.ModelInferResponse.FromString(wire) == message
+    assert not sig.response_headers  # two outputs: the ordinary path
+
+
+@pytest.mark.parametrize("request_id", ["", "req-7"])
+def test_one_output_response_reuses_its_header(tmp_path: Path, request_id: str) -> None:
+    sig = _signature(tmp_path, onnx_models.image, "image")
+    for batch in (1, 3, 3, 1):
+        outputs = {"output": np.random.default_rng(batch).random((batch, 2), np.float32)}
+        args = {"request_id": request_id, "outputs": outputs, "requested": sig.all_outputs}
+        wire = encode_response_bytes(sig, "2", **args)  # type: ignore[arg-type]
+        assert pb.ModelInferResponse.FromString(wire) == encode_response(sig, "2", **args)  # type: ignore[arg-type]
+    assert len(sig.response_headers) == 2  # batch 1 and batch 3
+
+
+def test_bytes_outputs_are_encoded_whole(tmp_path: Path) -> None:
+    sig = _signature(tmp_path, onnx_models.dtypes, "dtypes")
+    outputs = {"y_bytes": np.array([[b"a", b"bc"]], dtype=object)}
+    args = {"request_id": "x", "outputs": outputs, "requested": [RequestedOutput("y_bytes")]}
+    wire = encode_response_bytes(sig, "1", **args)  # type: ignore[arg-type]
+    assert pb.ModelInferResponse.FromString(wire) == encode_response(sig, "1", **args)  # type: ignore[arg-type]
+    assert not sig.response_headers
