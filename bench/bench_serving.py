@@ -1,15 +1,20 @@
 """Serving benchmark: raw ONNX Runtime vs the Python gRPC floor vs our server, side by side.
 
-    .venv/bin/python bench/bench_serving.py [--duration 3] [--concurrency 1,8,32]
+    .venv/bin/python bench/bench_serving.py [--rounds 2] [--concurrency 1,8,32] [--load python]
 
-Model: the MNIST CNN (``.neuroserve-bench/mnist-cnn.onnx`` if trained, else an equivalent conv
-net built with onnx.helper). Rows: ONNX Runtime in-process at batch 1; a bare grpc.aio echo server
-(fixed response bytes, same message sizes: the floor for any Python gRPC server); our server with
-batching off, batching on, and ``--workers 2``. Servers run in their own process pinned to core 0,
-the load generator (bench/serving_load.py, closed loop, C callers) in another pinned to core 1
-(``taskset``). ``--workers 2`` is left unpinned: two workers on one core would measure nothing;
-it shares the machine's two cores with the load generator. When Triton's perf_analyzer is
-available (bench/serving_perf_analyzer.sh) it measures our servers too, as a second opinion.
+Model: the MNIST CNN (``.neuroserve-bench/mnist-cnn.onnx`` if trained, else the same network
+built with onnx.helper, see serving_cnn.py). Rows: ONNX Runtime in-process at batch 1; a bare
+grpc.aio echo server (fixed response bytes, same message sizes: the floor for any Python gRPC
+server); our server with batching off, batching on, and ``--workers 2``.
+
+The load is Triton's ``perf_analyzer -i grpc`` (fetched by serving_perf_analyzer.sh), unchanged
+against every server: the echo answers the control RPCs perf_analyzer asks first with our
+server's own answers. Without perf_analyzer (or with ``--load python``) bench/serving_load.py, a
+closed-loop async generator, takes its place. Servers run side by side pinned to core 0 (idle
+while another is measured) and the load generator to core 1 (``taskset``); ``--workers 2`` is
+left unpinned, sharing both cores with the load. Cells are measured in interleaved rounds and
+the median of each is reported: this machine's speed drifts by 10 % within minutes, and
+interleaving keeps that drift out of the ratios.
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ from serving.codecs import encode_inputs  # noqa: E402
 from serving.runtime import OnnxModel  # noqa: E402
 
 MODEL = "mnist-cnn"
+ECHO = "echo (Python gRPC floor)"
+ROW_ORDER = {
+    ECHO: 0,
+    "ours, batching off": 1,
+    "ours, batching on": 2,
+    "ours, batching on, --workers 2": 3,
+}
 PY = sys.executable
 TASKSET = shutil.which("taskset") if (os.cpu_count() or 1) >= 2 else None
 
@@ -145,7 +157,6 @@ def load(config: str, target: str, request: Path, c: int, duration: float) -> Ro
             str(duration),
         ],
     )
-    progress(f"{config}: c={c}")
     out = subprocess.run(
         cmd, capture_output=True, text=True, check=True, timeout=duration * 4 + 60
     ).stdout
@@ -155,7 +166,6 @@ def load(config: str, target: str, request: Path, c: int, duration: float) -> Ro
 
 def perf_analyzer(binary: str, config: str, target: str, c: int, tmp: Path) -> Row | str:
     """One perf_analyzer measurement, or the reason it failed."""
-    progress(f"perf_analyzer {config}: c={c}")
     report = tmp / f"pa-{c}.csv"
     cmd = _pin(
         "1",
@@ -174,9 +184,9 @@ def perf_analyzer(binary: str, config: str, target: str, c: int, tmp: Path) -> R
             "--input-data",
             "zero",
             "--stability-percentage",
-            "25",
+            "50",
             "--max-trials",
-            "6",
+            "8",
             "-f",
             str(report),
         ],
@@ -208,15 +218,56 @@ def wait_ready(target: str) -> None:
     raise RuntimeError(f"{target} never became ready")
 
 
+def _canned(target: str, tmp: Path) -> list[str]:
+    """Our server's answers to the control RPCs, as ``--canned METHOD=FILE`` for the echo."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = {
+            "ServerLive": stub.ServerLive(pb.ServerLiveRequest()),
+            "ServerReady": stub.ServerReady(pb.ServerReadyRequest()),
+            "ModelReady": stub.ModelReady(pb.ModelReadyRequest(name=MODEL)),
+            # No extensions: the echo keeps no statistics, so perf_analyzer must not ask.
+            "ServerMetadata": pb.ServerMetadataResponse(name="echo", version="0"),
+            "ModelMetadata": stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL)),
+            "ModelConfig": stub.ModelConfig(pb.ModelConfigRequest(name=MODEL)),
+        }
+    args = []
+    for method, message in answers.items():
+        path = tmp / f"{method}.bin"
+        path.write_bytes(message.SerializeToString())
+        args += ["--canned", f"{method}={path}"]
+    return args
+
+
+def _median_rows(samples: list[Row]) -> list[Row]:
+    """One row per (configuration, concurrency, tool): the median of each column."""
+    groups: dict[tuple[str, int, str], list[Row]] = {}
+    for row in samples:
+        groups.setdefault((row.config, row.concurrency, row.tool), []).append(row)
+    return [
+        Row(
+            config,
+            c,
+            float(np.median([r.p50_ms for r in rows])),
+            float(np.median([r.p99_ms for r in rows])),
+            float(np.median([r.throughput for r in rows])),
+            sum(r.errors for r in rows),
+            tool,
+        )
+        for (config, c, tool), rows in groups.items()
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (3)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (2)")
+    parser.add_argument("--duration", type=float, default=3.0, help="python load: s per cell")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated (1,8,32)")
-    parser.add_argument("--no-perf-analyzer", action="store_true")
+    parser.add_argument("--load", choices=["perf_analyzer", "python"], default="perf_analyzer")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows: list[Row] = []
     notes: list[str] = []
+    samples: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmpdir:
         tmp = Path(tmpdir)
         model_path, origin = cnn_path(tmp, ROOT / ".neuroserve-bench" / "mnist-cnn.onnx")
@@ -231,7 +282,6 @@ def main() -> int:
             encode_inputs(pb.ModelInferRequest(model_name=MODEL), {"input": x}).SerializeToString()
         )
         ort_row = measure_ort(model_path)
-        rows.append(ort_row)
         probs = OnnxModel(model_path, intra_op_threads=1).run({"input": x})["output"]
         response = pb.ModelInferResponse(model_name=MODEL, model_version="1")
         response.outputs.add(name="output", datatype="FP32", shape=[1, 10])
@@ -244,7 +294,7 @@ def main() -> int:
         )
 
         pa_binary: str | None = None
-        if not args.no_perf_analyzer:
+        if args.load == "perf_analyzer":
             script = subprocess.run(
                 ["bash", str(BENCH / "serving_perf_analyzer.sh")],
                 capture_output=True,
@@ -254,25 +304,10 @@ def main() -> int:
             if script.returncode == 0:
                 pa_binary = script.stdout.strip().splitlines()[-1]
             else:
-                notes.append("perf_analyzer unavailable: " + script.stderr.strip()[-200:])
-
-        port = _free_port()
-        target = f"127.0.0.1:{port}"
-        echo = _pin(
-            "0",
-            [
-                PY,
-                str(BENCH / "serving_echo.py"),
-                "--port",
-                str(port),
-                "--response",
-                str(response_file),
-            ],
-        )
-        with running(echo, tmp / "echo.log", "echo ready"):
-            rows += [
-                load("echo (Python gRPC floor)", target, request, c, args.duration) for c in levels
-            ]
+                notes.append(
+                    "perf_analyzer unavailable, Python load generator used instead: "
+                    + script.stderr.strip()[-200:]
+                )
 
         common = [
             "-m",
@@ -295,29 +330,54 @@ def main() -> int:
             ("ours, batching on", "0", []),
             ("ours, batching on, --workers 2", None, ["--workers", "2"]),
         ]
-        for name, core, extra in servers:
+        targets: dict[str, str] = {}
+        with contextlib.ExitStack() as stack:
+            for name, core, extra in servers:
+                port = _free_port()
+                targets[name] = f"127.0.0.1:{port}"
+                cmd = _pin(core, [PY, *common, "--grpc-port", str(port), *extra])
+                progress(f"starting {name}")
+                stack.enter_context(running(cmd, tmp / f"server-{port}.log"))
+                wait_ready(targets[name])
             port = _free_port()
-            target = f"127.0.0.1:{port}"
-            cmd = _pin(core, [PY, *common, "--grpc-port", str(port), *extra])
-            progress(f"starting {name}")
-            with running(cmd, tmp / f"server-{port}.log"):
-                wait_ready(target)
-                rows += [load(name, target, request, c, args.duration) for c in levels]
-                if pa_binary:
-                    for c in levels:
-                        got = perf_analyzer(pa_binary, name, target, c, tmp)
-                        if isinstance(got, Row):
-                            rows.append(got)
+            targets[ECHO] = f"127.0.0.1:{port}"
+            echo = _pin(
+                "0",
+                [
+                    PY,
+                    str(BENCH / "serving_echo.py"),
+                    "--port",
+                    str(port),
+                    "--response",
+                    str(response_file),
+                    *_canned(targets["ours, batching off"], tmp),
+                ],
+            )
+            stack.enter_context(running(echo, tmp / "echo.log", "echo ready"))
+            order = [ECHO, "ours, batching off", "ours, batching on", servers[2][0]]
+            for round_ in range(1, args.rounds + 1):
+                for c in levels:
+                    for name in order:
+                        progress(f"round {round_}/{args.rounds}: {name}, c={c}")
+                        if pa_binary:
+                            got = perf_analyzer(pa_binary, name, targets[name], c, tmp)
+                            if isinstance(got, Row):
+                                samples.append(got)
+                            else:
+                                notes.append(f"perf_analyzer {name} c={c}: {got}")
                         else:
-                            notes.append(f"perf_analyzer {name} c={c}: {got}")
+                            samples.append(load(name, targets[name], request, c, args.duration))
+    rows = [
+        ort_row,
+        *sorted(_median_rows(samples), key=lambda r: (ROW_ORDER[r.config], r.concurrency)),
+    ]
+    notes.append(f"{args.rounds} interleaved round(s) per cell, medians shown")
     print_report(rows, notes, levels)
     return 0
 
 
-def _get(rows: list[Row], config: str, c: int, tool: str = "async load gen") -> Row | None:
-    return next(
-        (r for r in rows if r.config == config and r.concurrency == c and r.tool == tool), None
-    )
+def _get(rows: list[Row], config: str, c: int) -> Row | None:
+    return next((r for r in rows if r.config == config and r.concurrency == c), None)
 
 
 def print_report(rows: list[Row], notes: list[str], levels: list[int]) -> None:
@@ -346,7 +406,7 @@ def print_report(rows: list[Row], notes: list[str], levels: list[int]) -> None:
     console.print(table)
 
     ort = rows[0]
-    echo = "echo (Python gRPC floor)"
+    echo = ECHO
     goals = Table(title="goals")
     for col in ("goal", "measured", "target", "met"):
         goals.add_column(col)
