@@ -81,6 +81,20 @@ class FakeRuntime(ModelRuntime):
         return None
 
 
+class InlineRuntime(FakeRuntime):
+    """Computes on the event loop without yielding, as a fast ONNX model does."""
+
+    @property
+    def computes_inline(self) -> bool:
+        return True
+
+    async def predict(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        self.calls.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+
 def _batcher(runtime: FakeRuntime, **config) -> Batcher:
     return Batcher(runtime, ModelStats("fake", "1"), BatchingConfig(**config))
 
@@ -260,3 +274,32 @@ def test_queue_full_is_resource_exhausted_over_grpc(model_repo):
             assert stub.ModelInfer(good_request()).outputs
     finally:
         thread.stop()
+
+
+def test_requests_one_at_a_time_skip_the_queue_until_two_meet():
+    async def scenario():
+        runtime = InlineRuntime()
+        batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0)
+        for i in range(3):  # one caller: each request arrives after the last one finished
+            outputs, queue_ns = await batcher.submit(_x(i), 1)
+            np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 2 * i))
+            assert queue_ns == 0
+            await asyncio.sleep(0.002)
+        solo_calls = list(runtime.calls)
+        # Ten callers at once: the first runs alone, the nine that waited meanwhile batch.
+        results = await asyncio.gather(*(batcher.submit(_x(i), 1) for i in range(10)))
+        burst_calls = runtime.calls[len(solo_calls) :]
+        for i, (outputs, _) in enumerate(results):
+            np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 2 * i))
+        # Back to one caller: after 16 batches of one request the queue is skipped again.
+        for i in range(20):
+            await asyncio.sleep(0.0005)
+            await batcher.submit(_x(i), 1)
+        await batcher.close()
+        return solo_calls, burst_calls, batcher
+
+    solo_calls, burst_calls, batcher = asyncio.run(scenario())
+    assert solo_calls == [1, 1, 1]
+    assert burst_calls == [1, 9]
+    assert batcher._solo
+    assert batcher.stats.inference_count == 33
