@@ -234,18 +234,22 @@ class DataPlane:
             raise
         finally:
             served.release()
-        self._record(served, True, start, queue_ns, None)
+        # Counted after the answer is on its way: bookkeeping is off the caller's latency.
+        asyncio.get_running_loop().call_soon(
+            self._record, served, True, start, queue_ns, None, time.perf_counter_ns()
+        )
         return response
 
-    def _record(
+    def _record(  # noqa: PLR0917 - loop.call_soon passes arguments positionally
         self,
         served: ServedVersion,
         ok: bool,
         start: int,
         queue_ns: int | None,
         exc: BaseException | None,
+        end: int | None = None,
     ) -> None:
-        total = time.perf_counter_ns() - start
+        total = (end or time.perf_counter_ns()) - start
         stats = self.repository.stats.get((served.name, served.version))
         if stats is not None:
             stats.record_request(ok, total, queue_ns)

@@ -175,14 +175,14 @@ class OnnxModel:
             notes="; ".join(notes) or "-",
         )
 
-    @property
+    @functools.cached_property
     def input_names(self) -> list[str]:
         """Input tensor names in graph order."""
         return [spec.name for spec in self.inputs]
 
-    @property
+    @functools.cached_property
     def output_names(self) -> list[str]:
-        """Output tensor names in graph order."""
+        """Output tensor names in graph order (built once: ``run`` needs them on every call)."""
         return [spec.name for spec in self.outputs]
 
     @property
@@ -194,12 +194,11 @@ class OnnxModel:
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the session; return ``{output name: array}`` for the requested (default: all)."""
-        names = list(output_names) if output_names else self.output_names
+        names = output_names or self.output_names
         feeds = {k: _as_ort(v) for k, v in feeds.items()}
         if self._use_io_binding:
             return self._run_bound(feeds, names)
-        results = self.session.run(names, dict(feeds))
-        return dict(zip(names, results, strict=True))
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def _run_bound(
         self, feeds: Mapping[str, np.ndarray], names: Sequence[str]
