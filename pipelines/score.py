@@ -38,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.errors import ScoringInputError
 from pipelines.settings import DEFAULT_BATCH_SIZE
+from serving.runtime import usable_cores
 
 ID_COLUMNS = ("id", "row_id", "rowid", "key", "uid", "date", "time", "timestamp", "ds")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -427,11 +428,6 @@ _SESSIONS: dict[tuple[str, float, int], Any] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
-def _usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _session(path: str, threads: int = 1) -> Any:
     """One ONNX Runtime session per file and thread count per process (Dask workers keep theirs).
 
@@ -540,7 +536,7 @@ def _progress(show: bool) -> Any:
 
 
 #: One chunk per core at a time: more would only share the cores (and multiply sessions).
-_LOCAL_RUNNER: Any = ThreadPoolTaskRunner(max_workers=_usable_cores())
+_LOCAL_RUNNER: Any = ThreadPoolTaskRunner(max_workers=usable_cores())
 
 
 @flow(name="score", log_prints=True, task_runner=_LOCAL_RUNNER)
@@ -571,13 +567,13 @@ def score_flow(
     inp = read_input(input_path, info, id_column)
     n = len(inp.x)
     local = workers is None
-    bounds = plan_chunks(n, batch_size, chunk_size, workers or _usable_cores())
+    bounds = plan_chunks(n, batch_size, chunk_size, workers or usable_cores())
     # Local chunks share the cores; a lone chunk gets them all. Dask workers run one per thread.
-    threads = max(1, _usable_cores() // len(bounds)) if local else 1
+    threads = max(1, usable_cores() // len(bounds)) if local else 1
     # One round of chunks (a small file) runs on the flow's own threads: Prefect's per-task
     # bookkeeping (~7 ms each plus its server's CPU on these same cores) would cost more than
     # scoring 5,000 images. Files needing several rounds, and every Dask run, use tasks.
-    as_tasks = not local or len(bounds) > _usable_cores()
+    as_tasks = not local or len(bounds) > usable_cores()
     outputs: dict[int, np.ndarray] = {}
     with _progress(show_progress) as progress:
         bar = progress.add_task(f"scoring {model_label or Path(model_path).name}", total=n)

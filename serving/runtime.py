@@ -230,7 +230,7 @@ class OnnxModel:
         self.run(self.dummy_feeds(batch_size))
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -323,7 +323,7 @@ class OnnxRuntimeModel(ModelRuntime):
         # hand-off is pure overhead (plus waits for the GIL), and a call on the thread would
         # hold the core for a scheduler time slice (a few ms) anyway. Calls up to that run inline.
         self._inline_ns = inline_compute_us * 1000
-        if inline_compute_us > 0 and _usable_cores() == 1:
+        if inline_compute_us > 0 and usable_cores() == 1:
             self._inline_ns = max(self._inline_ns, SINGLE_CORE_INLINE_NS)
         self._compute_ns = float("inf")  # moving average of session-call time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{name}-{version}")

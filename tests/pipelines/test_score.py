@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines.errors import ScoringInputError
 from pipelines.score import MAX_CHUNK_BATCHES, _stored_member, plan_chunks, run_score
-from serving.runtime import OnnxModel
+from serving.runtime import OnnxModel, usable_cores
 from tests.pipelines.conftest import Exported
 
 
@@ -213,7 +213,7 @@ def test_batch_size_and_chunking_never_change_results(home: Path, image_model: E
             show_progress=False,
         )
         assert out.batch_size == batch and out.rows == 37
-        assert out.chunks == len(plan_chunks(37, batch, chunk, workers=_cores()))
+        assert out.chunks == len(plan_chunks(37, batch, chunk, workers=usable_cores()))
         frames.append(pd.read_csv(home / f"b{batch}.csv"))
     for got in frames:
         np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), expected, atol=1e-5)
@@ -260,9 +260,3 @@ def test_stored_npz_is_mapped_and_compressed_npz_loaded_same_result(
         _onnx(image_model, x),
         atol=1e-5,
     )
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
