@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
-from typing import Final, Protocol, TypeVar
-
-import numpy as np
+from typing import Final, TypeVar
 
 from serving import status
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
-from serving.codecs import (
-    ModelSignature,
-    RequestedOutput,
-    decode_request,
-    encode_response,
-    encode_response_bytes,
-)
+from serving.codecs import decode_request, encode_response, encode_response_bytes
 from serving.datatypes import CONFIG_TYPE
 from serving.errors import ServerUnavailableError, ServingError
 from serving.metrics import ServerMetrics
@@ -36,24 +28,9 @@ from serving.statistics import Duration, ModelStats
 
 PLATFORM: Final = "onnxruntime_onnx"
 
+#: What :meth:`DataPlane._infer` answers with: the response message, or its serialized bytes
+#: (``encode_response`` / ``encode_response_bytes``, which share one signature).
 R = TypeVar("R", pb.ModelInferResponse, bytes)
-R_co = TypeVar("R_co", pb.ModelInferResponse, bytes, covariant=True)
-
-
-class Encoder(Protocol[R_co]):
-    """How an inference result becomes an answer (a message, or its serialized bytes)."""
-
-    def __call__(
-        self,
-        sig: ModelSignature,
-        version: str,
-        *,
-        request_id: str,
-        outputs: Mapping[str, np.ndarray],
-        requested: Sequence[RequestedOutput],
-        raw: bool = True,
-    ) -> R_co: ...
-
 
 #: Protocol extensions this server implements (reported by ServerMetadata).
 EXTENSIONS: Final = (
@@ -208,7 +185,7 @@ class DataPlane:
         return await self._infer(request, timeout, encode_response_bytes)
 
     async def _infer(
-        self, request: pb.ModelInferRequest, timeout: float | None, encode: Encoder[R]
+        self, request: pb.ModelInferRequest, timeout: float | None, encode: Callable[..., R]
     ) -> R:
         self._check_ready()
         start = time.perf_counter_ns()
