@@ -149,6 +149,34 @@ class Batcher:
         self._wakeup.set()
         return await future
 
+    def run_now(
+        self, feeds: Mapping[str, np.ndarray], batch_size: int
+    ) -> tuple[dict[str, np.ndarray], int] | None:
+        """Compute now, on the caller's stack, if the request would not wait for anything.
+
+        That is the case when the session computes inline and the request would take the
+        direct path: no batching, or batching in solo mode with nothing queued. Returns the
+        outputs and the session time (ns), already recorded as one execution; None means
+        "use :meth:`submit`", which decides exactly as before. Saves the two coroutine frames
+        and the loop callbacks of the awaited path on every lone request.
+        """
+        runtime = self.runtime
+        if not runtime.computes_inline or self._pending or self._direct_inflight:
+            return None
+        if self._batching and not (
+            self._solo
+            and self._may_skip_queue
+            and time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS
+        ):
+            return None
+        try:
+            outputs, infer_ns = runtime.run_inline(feeds)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        if self._batching:
+            self._solo_done_ns = time.perf_counter_ns()
+        return outputs, infer_ns
+
     async def _direct(
         self, feeds: Mapping[str, np.ndarray], batch_size: int
     ) -> tuple[dict[str, np.ndarray], int]:
@@ -161,12 +189,13 @@ class Batcher:
                 raise self._failure(exc) from exc
             infer_ns = time.perf_counter_ns() - start
             # Off the caller's latency: recorded once the answer is on its way.
-            asyncio.get_running_loop().call_soon(self._record_direct, batch_size, infer_ns)
+            asyncio.get_running_loop().call_soon(self.record_direct, batch_size, infer_ns)
             return outputs, 0
         finally:
             self._direct_inflight -= 1
 
-    def _record_direct(self, batch_size: int, infer_ns: int) -> None:
+    def record_direct(self, batch_size: int, infer_ns: int) -> None:
+        """One unbatched execution (also what :meth:`run_now`'s caller records)."""
         self.stats.record_execution(batch_size, 1, 0, infer_ns, 0)
         if self.observer:
             self.observer.observe_batch(self.runtime.name, batch_size, infer_ns / 1e9)

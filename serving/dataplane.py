@@ -17,7 +17,12 @@ from typing import Final, TypeVar
 from serving import status
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
-from serving.codecs import decode_request, encode_response, encode_response_bytes
+from serving.codecs import (
+    DecodedRequest,
+    decode_request,
+    encode_response,
+    encode_response_bytes,
+)
 from serving.datatypes import CONFIG_TYPE
 from serving.errors import ServerUnavailableError, ServingError
 from serving.metrics import ServerMetrics
@@ -25,6 +30,7 @@ from serving.repository import READY, Repository, ServedVersion
 from serving.runtime import TensorSpec
 from serving.settings import Settings
 from serving.statistics import Duration, ModelStats
+from serving.templates import RequestTemplates
 
 PLATFORM: Final = "onnxruntime_onnx"
 
@@ -74,6 +80,7 @@ class DataPlane:
         self.started = False
         self.shutting_down = False
         self.version = _server_version()
+        self.templates = RequestTemplates()
 
     # ------------------------------------------------------------------ health
     def live(self) -> bool:
@@ -176,46 +183,98 @@ class DataPlane:
         self, request: pb.ModelInferRequest, timeout: float | None = None
     ) -> pb.ModelInferResponse:
         """Validate, queue (maybe batch), run and encode one request."""
-        return await self._infer(request, timeout, encode_response)
-
-    async def infer_bytes(
-        self, request: pb.ModelInferRequest, timeout: float | None = None
-    ) -> bytes:
-        """:meth:`infer`, answered as the serialized response (the unary hot path)."""
-        return await self._infer(request, timeout, encode_response_bytes)
-
-    async def _infer(
-        self, request: pb.ModelInferRequest, timeout: float | None, encode: Callable[..., R]
-    ) -> R:
         self._check_ready()
         start = time.perf_counter_ns()
         served = self.repository.get(request.model_name, request.model_version)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        decoded = self._decode(served, request, start)
+        return await self._infer(
+            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout,
+            encode_response,
+        )  # fmt: skip
+
+    async def infer_raw(self, raw: bytes, timeout: float | None = None) -> bytes:
+        """:meth:`infer` from the request's bytes to the response's bytes (the unary hot path).
+
+        A request in a layout already validated skips parsing and validation (see
+        serving/templates.py). Raises protobuf's ``DecodeError`` for bytes that do not parse.
+        """
+        self._check_ready()
+        start = time.perf_counter_ns()
+        hit = self.templates.match(raw)
+        if hit is not None:
+            template, decoded = hit
+            served = template.served
+            entry = self.repository.models.get(served.name)
+            if entry is not None and entry.current is served:
+                return await self._infer(
+                    served, decoded, "", True, start, timeout, encode_response_bytes
+                )
+        request = pb.ModelInferRequest.FromString(raw)
+        served = self.repository.get(request.model_name, request.model_version)
+        decoded = self._decode(served, request, start)
+        self.templates.learn(raw, request, decoded, served)
+        return await self._infer(
+            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout,
+            encode_response_bytes,
+        )  # fmt: skip
+
+    def _decode(
+        self, served: ServedVersion, request: pb.ModelInferRequest, start: int
+    ) -> DecodedRequest:
+        try:
+            return decode_request(request, served.signature)
+        except BaseException as exc:
+            self._record(served, False, start, None, exc)
+            raise
+
+    async def _infer(  # noqa: PLR0917 - one request's parts, passed straight through
+        self,
+        served: ServedVersion,
+        decoded: DecodedRequest,
+        request_id: str,
+        raw: bool,
+        start: int,
+        timeout: float | None,
+        encode: Callable[..., R],
+    ) -> R:
+        sig = served.signature
+        loop = asyncio.get_running_loop()
         queue_ns: int | None = None
         served.acquire()
         try:
-            decoded = decode_request(request, served.signature)
-            outputs, queue_ns = await served.batcher.submit(
-                decoded.feeds, decoded.batch_size, decoded.signature, deadline
-            )
+            # A request that would not wait for anything runs here and now (Batcher.run_now).
+            ran = served.batcher.run_now(decoded.feeds, decoded.batch_size)
+            if ran is None:
+                deadline = None if timeout is None else loop.time() + timeout
+                outputs, queue_ns = await served.batcher.submit(
+                    decoded.feeds, decoded.batch_size, decoded.signature, deadline
+                )
+            else:
+                outputs, infer_ns = ran
+                queue_ns = 0
             response = encode(
-                served.signature,
-                served.version,
-                request_id=request.id,
-                outputs=outputs,
-                requested=decoded.requested,
-                raw=decoded.raw or not request.inputs,
-            )
+                sig, served.version, request_id=request_id, outputs=outputs,
+                requested=decoded.requested, raw=raw,
+            )  # fmt: skip
         except BaseException as exc:
             self._record(served, False, start, queue_ns, exc)
             raise
         finally:
             served.release()
         # Counted after the answer is on its way: bookkeeping is off the caller's latency.
-        asyncio.get_running_loop().call_soon(
-            self._record, served, True, start, queue_ns, None, time.perf_counter_ns()
-        )
+        end = time.perf_counter_ns()
+        if ran is None:
+            loop.call_soon(self._record, served, True, start, queue_ns, None, end)
+        else:
+            loop.call_soon(self._record_now, served, decoded.batch_size, infer_ns, start, end)
         return response
+
+    def _record_now(
+        self, served: ServedVersion, batch_size: int, infer_ns: int, start: int, end: int
+    ) -> None:
+        """Bookkeeping for a request computed by ``Batcher.run_now``: its execution, then it."""
+        served.batcher.record_direct(batch_size, infer_ns)
+        self._record(served, True, start, 0, None, end)
 
     def _record(  # noqa: PLR0917 - loop.call_soon passes arguments positionally
         self,

@@ -58,7 +58,9 @@ class ModelStats:
         self.compute_input.add(input_ns, requests)
         self.compute_infer.add(infer_ns, requests)
         self.compute_output.add(output_ns, requests)
-        stats = self.batches.setdefault(batch_size, BatchStats())
+        stats = self.batches.get(batch_size)
+        if stats is None:  # not setdefault: that would build a BatchStats on every call
+            stats = self.batches[batch_size] = BatchStats()
         stats.compute_input.add(input_ns)
         stats.compute_infer.add(infer_ns)
         stats.compute_output.add(output_ns)

@@ -91,8 +91,15 @@ class InlineRuntime(FakeRuntime):
     async def predict(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
+        return self.run_inline(feeds, output_names)[0]
+
+    def run_inline(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
         self.calls.append(len(feeds["x"]))
-        return {"y": feeds["x"] * 2}
+        if self.fail:
+            raise RuntimeError("engine exploded")
+        return {"y": feeds["x"] * 2}, 1000
 
 
 def _batcher(runtime: FakeRuntime, **config) -> Batcher:
@@ -303,3 +310,34 @@ def test_requests_one_at_a_time_skip_the_queue_until_two_meet():
     assert burst_calls == [1, 9]
     assert batcher._solo
     assert batcher.stats.inference_count == 33
+
+
+def test_run_now_computes_a_lone_request_and_declines_whenever_it_would_have_to_wait():
+    async def scenario():
+        runtime = InlineRuntime()
+        batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0)
+        outputs, infer_ns = batcher.run_now(_x(3), 1)
+        np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 6))
+        # Right after a request finished, the next one may be part of a burst: queue it.
+        assert batcher.run_now(_x(4), 1) is None
+        await asyncio.sleep(0.001)
+        assert batcher.run_now(_x(5), 1) is not None
+        # Something queued: a new request waits its turn behind it.
+        batcher._solo = False
+        pending = asyncio.ensure_future(batcher.submit(_x(6), 1))
+        await asyncio.sleep(0)
+        assert batcher.run_now(_x(7), 1) is None
+        await pending
+        # A delay to honour (max_queue_delay_us > 0) or a session on its thread: never now.
+        assert _batcher(InlineRuntime(), max_queue_delay_us=100).run_now(_x(1), 1) is None
+        assert _batcher(FakeRuntime(), max_queue_delay_us=0).run_now(_x(1), 1) is None
+        # No batching at all: computed now too, and failures name the model.
+        plain = _batcher(InlineRuntime(fail=True), enabled=False)
+        with pytest.raises(InferenceFailedError, match="engine exploded"):
+            plain.run_now(_x(1), 1)
+        await batcher.close()
+        return infer_ns, runtime.calls
+
+    infer_ns, calls = asyncio.run(scenario())
+    assert infer_ns == 1000
+    assert calls == [1, 1, 1]
