@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serving import batching
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.batching import Batcher, BatchingConfig
@@ -312,15 +314,21 @@ def test_requests_one_at_a_time_skip_the_queue_until_two_meet():
     assert batcher.stats.inference_count == 33
 
 
-def test_run_now_computes_a_lone_request_and_declines_whenever_it_would_have_to_wait():
+def test_run_now_computes_a_lone_request_and_declines_whenever_it_would_have_to_wait(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    gap = 10**10  # 10 s: the test decides what "just finished" means, not the machine's speed
+    monkeypatch.setattr(batching, "SOLO_GAP_NS", gap)
+
     async def scenario():
         runtime = InlineRuntime()
         batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0)
+        batcher._solo_done_ns = time.perf_counter_ns() - 2 * gap  # nothing ran for a while
         outputs, infer_ns = batcher.run_now(_x(3), 1)
         np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 6))
         # Right after a request finished, the next one may be part of a burst: queue it.
         assert batcher.run_now(_x(4), 1) is None
-        await asyncio.sleep(0.001)
+        batcher._solo_done_ns -= 2 * gap
         assert batcher.run_now(_x(5), 1) is not None
         # Something queued: a new request waits its turn behind it.
         batcher._solo = False
