@@ -99,11 +99,12 @@ class RequestTemplates:
         ):
             return
         data = request.raw_input_contents[0]
-        tail = RAW_INPUT_TAG + varint(len(data)) + data
-        if not raw.endswith(tail):
+        lead = RAW_INPUT_TAG + varint(len(data))
+        cut = len(raw) - len(data)
+        if raw[cut - len(lead) : cut] != lead or not raw.endswith(data):
             return  # not serialized in field order: nothing to match against
-        header = raw[: len(raw) - len(data)]
-        prefix = pb.ModelInferRequest.FromString(header[: len(header) - len(tail) + len(data)])
+        header = raw[:cut]
+        prefix = pb.ModelInferRequest.FromString(header[: -len(lead)])
         if prefix.raw_input_contents:
             return  # other raw entries earlier in the message: not the simple layout
         prefix.raw_input_contents.append(data)
