@@ -90,8 +90,7 @@ class RequestTemplates:
         """Remember ``raw``'s layout if ``request`` (parsed from it) qualifies; else nothing."""
         fast = served.signature.fast_input
         if (
-            self._count >= MAX_TEMPLATES
-            or fast is None
+            fast is None
             or request.id
             or not decoded.raw
             or len(request.raw_input_contents) != 1
@@ -104,6 +103,12 @@ class RequestTemplates:
         if raw[cut - len(lead) : cut] != lead or not raw.endswith(data):
             return  # not serialized in field order: nothing to match against
         header = raw[:cut]
+        same_size = self._by_size.get(len(raw), [])
+        # A template of a version no longer serving can never match again: the new one replaces
+        # it (even when the store is full, so a hot reload never leaves a layout unmatched).
+        kept = [t for t in same_size if t.header != header]
+        if len(kept) == len(same_size) and self._count >= MAX_TEMPLATES:
+            return
         prefix = pb.ModelInferRequest.FromString(header[: -len(lead)])
         if prefix.raw_input_contents:
             return  # other raw entries earlier in the message: not the simple layout
@@ -129,10 +134,5 @@ class RequestTemplates:
             requested=decoded.requested,
             signature=decoded.signature,
         )
-        same_size = self._by_size.setdefault(len(raw), [])
-        if any(t.header == header and t.served is served for t in same_size):
-            return
-        # A template for a version no longer serving can never match again: replace it.
-        same_size[:] = [t for t in same_size if t.header != header]
-        same_size.append(template)
-        self._count = sum(len(v) for v in self._by_size.values())
+        self._by_size[len(raw)] = [*kept, template]
+        self._count += len(kept) + 1 - len(same_size)

@@ -5,7 +5,9 @@ Every test goes through the real server on loopback, sending the exact bytes a c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -138,3 +140,27 @@ def test_truncated_bytes_of_a_learned_layout_are_refused(send: Send) -> None:
         send(raw[:-3])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert send(raw).model_name == "classifier"
+
+
+def test_a_full_store_learns_no_new_layout_but_still_replaces_a_reloaded_one(
+    monkeypatch: pytest.MonkeyPatch, send: Send, templates: RequestTemplates
+) -> None:
+    raw = _bytes(np.ones((6, 4), np.float32))
+    send(raw)
+    hit = templates.match(raw)
+    assert hit is not None
+    served = hit[0].served
+    monkeypatch.setattr("serving.templates.MAX_TEMPLATES", len(templates))
+    other = _bytes(np.ones((7, 4), np.float32))
+    send(other)
+    assert templates.match(other) is None  # full: parsed every time, still answered
+    # As after a hot reload: the stored template belongs to a version no longer serving.
+    stale = dataclasses.replace(hit[0], served=SimpleNamespace(name="classifier"))
+    templates._by_size[len(raw)] = [
+        stale if t is hit[0] else t for t in templates._by_size[len(raw)]
+    ]
+    count = len(templates)
+    send(raw)  # matched but stale: parsed, and learned again in place of the stale template
+    hit = templates.match(raw)
+    assert hit is not None and hit[0].served is served
+    assert len(templates) == count
