@@ -136,11 +136,10 @@ class Batcher:
             and self._may_skip_queue
             and self.runtime.computes_inline
         ):
-            if time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS:
-                try:
-                    return await self._direct(feeds, batch_size)
-                finally:
-                    self._solo_done_ns = time.perf_counter_ns()
+            ran = self.run_now(feeds, batch_size)
+            if ran is not None:
+                asyncio.get_running_loop().call_soon(self.record_direct, batch_size, ran[1])
+                return ran[0], 0
             self._solo = False  # this one waited while the last one computed: queue from now
         future: asyncio.Future[tuple[dict[str, np.ndarray], int]] = (
             asyncio.get_running_loop().create_future()
@@ -170,12 +169,12 @@ class Batcher:
         ):
             return None
         try:
-            outputs, infer_ns = runtime.run_inline(feeds)
+            return runtime.run_inline(feeds)
         except Exception as exc:
             raise self._failure(exc) from exc
-        if self._batching:
-            self._solo_done_ns = time.perf_counter_ns()
-        return outputs, infer_ns
+        finally:
+            if self._batching:
+                self._solo_done_ns = time.perf_counter_ns()
 
     async def _direct(
         self, feeds: Mapping[str, np.ndarray], batch_size: int
