@@ -185,12 +185,7 @@ class DataPlane:
         """Validate, queue (maybe batch), run and encode one request."""
         self._check_ready()
         start = time.perf_counter_ns()
-        served = self.repository.get(request.model_name, request.model_version)
-        decoded = self._decode(served, request, start)
-        return await self._infer(
-            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout,
-            encode_response,
-        )  # fmt: skip
+        return await self._infer_parsed(request, None, start, timeout, encode_response)
 
     async def infer_raw(self, raw: bytes, timeout: float | None = None) -> bytes:
         """:meth:`infer` from the request's bytes to the response's bytes (the unary hot path).
@@ -210,22 +205,28 @@ class DataPlane:
                     served, decoded, "", True, start, timeout, encode_response_bytes
                 )
         request = pb.ModelInferRequest.FromString(raw)
-        served = self.repository.get(request.model_name, request.model_version)
-        decoded = self._decode(served, request, start)
-        self.templates.learn(raw, request, decoded, served)
-        return await self._infer(
-            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout,
-            encode_response_bytes,
-        )  # fmt: skip
+        return await self._infer_parsed(request, raw, start, timeout, encode_response_bytes)
 
-    def _decode(
-        self, served: ServedVersion, request: pb.ModelInferRequest, start: int
-    ) -> DecodedRequest:
+    async def _infer_parsed(
+        self,
+        request: pb.ModelInferRequest,
+        raw: bytes | None,
+        start: int,
+        timeout: float | None,
+        encode: Callable[..., R],
+    ) -> R:
+        """Validate a parsed request, learn its layout when its bytes are given, then infer."""
+        served = self.repository.get(request.model_name, request.model_version)
         try:
-            return decode_request(request, served.signature)
+            decoded = decode_request(request, served.signature)
         except BaseException as exc:
             self._record(served, False, start, None, exc)
             raise
+        if raw is not None:
+            self.templates.learn(raw, request, decoded, served)
+        return await self._infer(
+            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout, encode
+        )
 
     async def _infer(  # noqa: PLR0917 - one request's parts, passed straight through
         self,
