@@ -62,12 +62,14 @@ BUILTIN_DATASETS: MappingProxyType[str, BuiltinDataset] = MappingProxyType(
     }
 )
 
+# Every key a spec resolves from this table; the kind rows below override some of them.
+_TRAINING: dict[str, Any] = {"window": None, "weight_decay": 0.0, "schedule": "constant"}
 # Defaults per model kind, then overrides per (kind, data set); a user path gets the kind's row.
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fnn": {"epochs": 200, "lr": 1e-3, "batch_size": 32, "window": None},
-    "cnn": {"epochs": 20, "lr": 1e-3, "batch_size": 64, "window": None},
-    "lstm": {"epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
-    "gru": {"epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
+    "fnn": {**_TRAINING, "epochs": 200, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-2},
+    "cnn": {**_TRAINING, "epochs": 20, "lr": 1e-3, "batch_size": 64},
+    "lstm": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
+    "gru": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
 }
 _DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("cnn", "mnist"): {"epochs": 30},

@@ -10,6 +10,7 @@ tensor side and read once per epoch, so the loop costs almost nothing over a han
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from torch import nn
 
 from training.callbacks import Callback, is_improvement
 from training.errors import SpecError
+from training.spec import OPTIMIZERS
 
 __all__ = ["FitResult", "LoopConfig", "fit", "make_optimizer"]
 
@@ -38,9 +40,12 @@ class LoopConfig:
     seed: int = 42
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global grad norm (RNNs)
+    schedule: str = "constant"  # one of training.spec.SCHEDULES
+    shuffle: bool = True  # False keeps batch order (stateful text training reads chunks in order)
     monitor: str = "val_loss"
     higher_is_better: bool = False
     tie_breaker: str | None = "val_loss"
+    plateau_patience: int = 2  # epochs without improvement before "plateau" halves the rate
 
 
 @dataclass
@@ -64,14 +69,53 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def make_optimizer(
     name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9), Adam or RMSprop by name."""
+    """SGD (momentum 0.9), Adam, AdamW (decoupled weight decay) or RMSprop by name."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
-    raise SpecError(f"unknown optimizer {name!r}; expected one of: adam, sgd, rmsprop")
+    raise SpecError(f"unknown optimizer {name!r}; expected one of: {', '.join(OPTIMIZERS)}")
+
+
+class _Schedule:
+    """The learning rate per step: constant, cosine to zero over all epochs, or halve on plateau.
+
+    Cosine runs over the configured epochs, so early stopping cuts it short rather than
+    stretching it; plateau halves the rate after ``max(2, patience // 2)`` epochs without a
+    better monitored value, so it acts before early stopping gives up.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: LoopConfig, steps: int) -> None:
+        self.optimizer, self.config = optimizer, config
+        self.base = config.lr
+        self.total = max(1, steps * config.epochs)
+        self.step_no = 0
+        self.bad_epochs = 0
+        self.wait = max(2, config.plateau_patience)
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> None:
+        """After each optimiser step."""
+        self.step_no += 1
+        if self.config.schedule == "cosine":
+            progress = min(1.0, self.step_no / self.total)
+            self._set(0.5 * self.base * (1.0 + math.cos(math.pi * progress)))
+
+    def epoch_end(self, improved: bool) -> None:
+        """After each validation."""
+        if self.config.schedule != "plateau":
+            return
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        if self.bad_epochs >= self.wait:
+            self.bad_epochs = 0
+            self._set(self.optimizer.param_groups[0]["lr"] * 0.5)
 
 
 def fit(
@@ -94,6 +138,8 @@ def fit(
         raise SpecError("no training samples; the data split left the training set empty")
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
+    schedule = _Schedule(optimizer, config, steps=-(-n // config.batch_size))
+    reset_state = getattr(model, "reset_state", None)  # stateful modules start each epoch fresh
     params = [p for p in model.parameters() if p.requires_grad]
     info = {
         "epochs": config.epochs,
@@ -117,7 +163,9 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=generator)
+        if callable(reset_state):
+            reset_state()
+        order = torch.randperm(n, generator=generator) if config.shuffle else torch.arange(n)
         losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
@@ -128,23 +176,32 @@ def fit(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
+            schedule.step()
             losses.append(loss.detach())
         samples += n
         sizes = torch.full((len(losses),), float(config.batch_size))
         sizes[-1] = n - config.batch_size * (len(losses) - 1)
         train_loss = float(torch.dot(torch.stack(losses).float(), sizes)) / n
         model.eval()
+        if callable(reset_state):
+            reset_state()
         with torch.no_grad():
             val = validate(model)
-        logs: dict[str, float] = {"epoch": float(epoch), "train_loss": train_loss}
+        logs: dict[str, float] = {
+            "epoch": float(epoch),
+            "train_loss": train_loss,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+        }
         logs.update({k: float(v) for k, v in val.items()})
         logs["seconds"] = time.perf_counter() - epoch_start
         history.append(logs)
-        if is_improvement(
+        improved = is_improvement(
             logs, best_logs, config.monitor, config.higher_is_better, tie_breaker=config.tie_breaker
-        ):
+        )
+        if improved:
             best_logs, best_epoch = dict(logs), epoch
             best_state = _snapshot(model)
+        schedule.epoch_end(improved)
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(logs))
         if any(cb.stop_training for cb in callbacks):

@@ -15,10 +15,12 @@ from typing import Any
 from training.catalog import BUILTIN_DATASETS, KIND_INPUTS, KINDS, defaults_for, input_kind_of
 from training.errors import SpecError
 
-__all__ = ["ACTIVATIONS", "OPTIMIZERS", "TrainSpec"]
+__all__ = ["ACTIVATIONS", "OPTIMIZERS", "POOLS", "SCHEDULES", "TrainSpec", "parse_sizes"]
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "plateau")
+POOLS: tuple[str, ...] = ("max", "avg", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class TrainSpec:
     patience: int = 5
     window: int | None = None
     limit: int | None = None
+    # Training choices beyond lr; None = the catalog default for the kind and data set.
+    weight_decay: float | None = None
+    schedule: str | None = None
+    # Architecture; None = the family's default (its config dataclass in training/models/).
+    hidden: tuple[int, ...] | None = None  # FNN layer widths; RNN hidden size per stacked layer
+    dropout: float | None = None
+    conv: tuple[int, ...] | None = None  # CNN channels per conv block
+    kernel: int | None = None  # CNN kernel size
+    pool: str | None = None  # CNN pooling after each block
+    dense: tuple[int, ...] | None = None  # CNN dense layer widths before the output
+    batch_norm: bool | None = None  # CNN
+    augment: bool | None = None  # CNN random affine augmentation
+    embed: int | None = None  # text RNN embedding size
+    tied: bool | None = None  # text RNN: output layer shares the embedding's weights
 
     def validate(self) -> None:
         """Raise ``SpecError`` naming the first field that cannot work and what it accepts.
@@ -95,6 +111,21 @@ class TrainSpec:
             )
         if self.target is not None and (not isinstance(self.target, str) or not self.target):
             raise SpecError(f"target must be a column name; got {self.target!r}")
+        _nonnegative_float("weight_decay", self.weight_decay)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("pool", self.pool, POOLS)
+        for name in ("hidden", "conv", "dense"):
+            _sizes(name, getattr(self, name))
+        _positive_int("kernel", self.kernel)
+        _positive_int("embed", self.embed)
+        if self.dropout is not None:
+            _nonnegative_float("dropout", self.dropout)
+            if self.dropout >= 1:
+                raise SpecError(f"dropout must be in [0, 1), e.g. 0.2; got {self.dropout!r}")
+        for name in ("batch_norm", "augment", "tied"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise SpecError(f"{name} must be true or false; got {value!r}")
 
     def resolved(self) -> TrainSpec:
         """A copy with ``epochs``, ``lr``, ``batch_size`` and ``window`` set to their defaults.
@@ -115,11 +146,20 @@ class TrainSpec:
             lr=float(self.lr) if self.lr is not None else defaults["lr"],
             batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
             window=window,
+            weight_decay=(
+                float(self.weight_decay)
+                if self.weight_decay is not None
+                else defaults["weight_decay"]
+            ),
+            schedule=self.schedule if self.schedule is not None else defaults["schedule"],
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as JSON-safe values (str, int, float, None)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """All fields as JSON-safe values (str, int, float, bool, None; sizes as lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainSpec:
@@ -145,17 +185,49 @@ class TrainSpec:
         return spec
 
 
-_INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit"}
-_FLOAT_FIELDS = {"lr"}
+_INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit", "kernel", "embed"}
+_FLOAT_FIELDS = {"lr", "weight_decay", "dropout"}
+_SIZES_FIELDS = {"hidden", "conv", "dense"}
+_BOOL_FIELDS = {"batch_norm", "augment", "tied"}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_sizes(name: str, value: Any) -> tuple[int, ...]:
+    """``"32,64"``, ``"32x64"``, ``[32, 64]`` or ``32`` -> ``(32, 64)``; anything else SpecError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [p for p in value.replace("x", ",").replace(" ", "").split(",") if p]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        items = []
+    try:
+        sizes = tuple(int(p) for p in items if not isinstance(p, bool) and float(p) == int(p))
+    except (TypeError, ValueError):
+        sizes = ()
+    if not sizes or len(sizes) != len(items):
+        raise SpecError(
+            f"{name} must be layer sizes separated by commas, e.g. 32,64; got {value!r}"
+        )
+    return sizes
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Turn text from a CLI or a metadata store into the field's type; leave the rest as is."""
+    if name in _SIZES_FIELDS and value is not None and not isinstance(value, tuple):
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return parse_sizes(name, value)
     if value is None or not isinstance(value, str):
         return value
     text = value.strip()
     if text.lower() in ("", "none", "null"):
         return None
+    if name in _BOOL_FIELDS:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise SpecError(f"{name} must be true or false; got {value!r}")
     try:
         if name in _INT_FIELDS:
             return int(text)
@@ -165,6 +237,39 @@ def _coerce(name: str, value: Any) -> Any:
         kind = "an integer" if name in _INT_FIELDS else "a number"
         raise SpecError(f"{name} must be {kind}; got {value!r}") from None
     return value
+
+
+def _nonnegative_float(name: str, value: object) -> None:
+    """Raise ``SpecError`` unless ``value`` is None or a finite number >= 0."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise SpecError(f"{name} must be a number >= 0; got {value!r}")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise ``SpecError`` unless ``value`` is None or one of ``choices``."""
+    if value is not None and value not in choices:
+        raise SpecError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def _sizes(name: str, value: object) -> None:
+    """Raise ``SpecError`` unless ``value`` is None or a non-empty tuple of positive ints."""
+    if value is None:
+        return
+    if (
+        not isinstance(value, tuple)
+        or not value
+        or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value)
+    ):
+        raise SpecError(
+            f"{name} must be one or more positive layer sizes, e.g. 32,64; got {value!r}"
+        )
 
 
 def _positive_int(name: str, value: object) -> None:

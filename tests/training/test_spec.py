@@ -18,7 +18,7 @@ from training import SpecError, TrainSpec, load_dataset, train
         ({"lr": float("nan")}, "lr must be a positive number"),
         ({"epochs": 0}, "epochs must be a positive integer; got 0"),
         ({"batch_size": -4}, "batch_size must be a positive integer; got -4"),
-        ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; expected one of: adam, sgd"),
+        ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; expected one of: adam, adamw, sgd"),
         ({"activation": "gelu"}, "unknown activation 'gelu'; expected one of: relu, leaky_relu"),
         ({"patience": 0}, "patience must be a positive integer"),
         ({"seed": -1}, "seed must be a non-negative integer"),

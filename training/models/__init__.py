@@ -8,7 +8,7 @@ that is exported maps raw inputs to contract outputs. Training uses the bare net
 from training.models.cnn import CNN, CNNConfig
 from training.models.fnn import FNN, FNNConfig
 from training.models.head import Predictor
-from training.models.rnn import RNNConfig, SeriesRNN, TextRNN
+from training.models.rnn import RNNConfig, SeriesRNN, TextRNN, TextRNNConfig
 
 __all__ = [
     "CNN",
@@ -19,4 +19,5 @@ __all__ = [
     "RNNConfig",
     "SeriesRNN",
     "TextRNN",
+    "TextRNNConfig",
 ]
