@@ -8,7 +8,8 @@ that is exported maps raw inputs to contract outputs. Training uses the bare net
 from training.models.cnn import CNN, CNNConfig
 from training.models.fnn import FNN, FNNConfig
 from training.models.head import Predictor
-from training.models.rnn import RNNConfig, SeriesRNN, TextRNN, TextRNNConfig
+from training.models.rnn import RNNConfig, SeriesRNN
+from training.models.text import TextRNN, TextRNNConfig
 
 __all__ = [
     "CNN",

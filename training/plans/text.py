@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from training.data import DataSplit
 from training.models import Predictor, TextRNN, TextRNNConfig
-from training.models.rnn import AllSteps
+from training.models.text import AllSteps
 from training.plans import Plan, overrides
 from training.spec import TrainSpec
 
