@@ -67,6 +67,9 @@ class TrainOutcome:
     artifact_key: str
     test_metrics: dict[str, float] = field(default_factory=dict)
     baseline_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_name: str = ""
+    #: Every classical candidate (see ``TrainResult.baseline_candidates``).
+    baselines: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-safe) for printing and Prefect results."""
@@ -222,7 +225,24 @@ def log_results(uri: str, run_id: str, result: training.TrainResult, data_ref: s
     metrics.update({f"baseline_{k}": v for k, v in result.baseline_metrics.items()})
     metrics["train_seconds"] = float(result.train_seconds)
     metrics["best_epoch"] = float(result.best_epoch)
+    metrics["baseline_seconds"] = float(result.baseline_seconds)
+    metric = str(result.primary_metric)
+    for cand in result.baseline_candidates:
+        metrics[f"baseline.{cand['name']}.val_{metric}"] = float(cand["val_metric"])
+        metrics[f"baseline.{cand['name']}.test_{metric}"] = float(cand["test_metrics"][metric])
     tracking.log_metrics(client, run_id, metrics)
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            f"baseline.{cand['name']}.{key}": value
+            for cand in result.baseline_candidates
+            for key, value in cand["params"].items()
+        },
+    )
+    if result.baseline_candidates:
+        client.log_text(run_id, baselines_markdown(result), "baselines.md")
+        client.log_dict(run_id, {"candidates": result.baseline_candidates}, "baselines.json")
     for key, value in {
         "neuroserve.data_sha256": str(result.data.sha256),
         "neuroserve.task": str(result.data.task),
@@ -236,6 +256,29 @@ def log_results(uri: str, run_id: str, result: training.TrainResult, data_ref: s
     client.log_dict(run_id, spec.to_dict(), "spec.json")
     client.log_text(run_id, json.dumps(list(result.history), default=float), "history.json")
     tracking.log_dataset(client, run_id, result.data, data_ref, context="train")
+
+
+def baselines_markdown(result: training.TrainResult) -> str:
+    """Every classical candidate against the network: what ops read to trust the gate."""
+    m = str(result.primary_metric)
+    lines = [
+        f"# Classical baselines ({m}; the gate's baseline is the best on validation)",
+        "",
+        f"| method | val {m} | test {m} | chosen | seconds | settings |",
+        "| --- | ---: | ---: | :---: | ---: | --- |",
+    ]
+    for c in result.baseline_candidates:
+        settings = ", ".join(f"{k}={v}" for k, v in c["params"].items())
+        lines.append(
+            f"| {c['name']} | {c['val_metric']:.4f} | {c['test_metrics'][m]:.4f} | "
+            f"{'yes' if c['chosen'] else ''} | {c['seconds']:.2f} | {settings} |"
+        )
+    net_val = result.val_metrics.get(f"val_{m}")
+    lines.append(
+        f"| **network** | {'-' if net_val is None else f'{net_val:.4f}'} | "
+        f"{result.test_value:.4f} | | {result.train_seconds:.2f} | |"
+    )
+    return "\n".join(lines) + "\n"
 
 
 @task(
@@ -469,6 +512,9 @@ def summary_markdown(o: TrainOutcome, figures_logged: list[str]) -> str:
         "",
         f"Primary metric: `{o.metric_name}` ({better} is better)",
         "",
+        f"Baseline: `{o.baseline_name}` (best on validation of {len(o.baselines)} classical "
+        "methods; all of them in the run's `baselines.md`)",
+        "",
         "| metric | model (test) | baseline (test) |",
         "| --- | --- | --- |",
     ]
@@ -582,6 +628,7 @@ def train_flow(
                 parity_max_abs_diff=parity,
                 champion=champ,
                 promote=promote,
+                baseline_name=str(result.baseline_name),
             )
         )
         outcome = TrainOutcome(
@@ -605,6 +652,8 @@ def train_flow(
             artifact_key=_artifact_key(name),
             test_metrics={k: float(v) for k, v in result.test_metrics.items()},
             baseline_metrics={k: float(v) for k, v in result.baseline_metrics.items()},
+            baseline_name=str(result.baseline_name),
+            baselines=list(result.baseline_candidates),
         )
         client = tracking.client_for(uri)
         for key, value in {

@@ -7,10 +7,15 @@ on the candidate's own test split) and applies the decision as the very last ste
 Rules, in order:
 
 1. Parity must have passed (ONNX Runtime agrees with torch within tolerance).
-2. The candidate must beat the classical baseline on the primary metric.
+2. The candidate must beat the classical baseline on the primary metric. The baseline is the
+   strongest of several classical methods, the one best on the *validation* split
+   (``training.baselines``); the test split never chooses it.
 3. It must beat the current champion on the same test split; the first model of a name has no
    champion and wins on 1 and 2 alone. A champion that cannot be scored on this split (other
    inputs) is not beaten by default: replacing it is a human decision (``--promote``).
+
+An exact tie (common for accuracy on a test split of a hundred rows) is reported as a tie, not
+as a loss and not as a win: the version becomes challenger and its reason says "ties".
 
 ``--promote`` overrides rules 2 and 3 and the override is recorded as such; it never overrides a
 parity failure, because such a file would serve answers the trained model never gave.
@@ -52,6 +57,7 @@ class GateInput:
     parity_max_abs_diff: float
     champion: ChampionScore | None = None
     promote: bool = False
+    baseline_name: str = "baseline"
 
 
 @dataclass(frozen=True)
@@ -86,19 +92,25 @@ def judge(inp: GateInput) -> tuple[bool, str]:
     """Apply rules 1-3; return (passed, reason)."""
     m = inp.metric_name
     direction = "higher" if inp.higher_is_better else "lower"
+    base = f"the baseline ({inp.baseline_name}, best of the classical methods on validation)"
     if not inp.parity_passed:
         return False, (
             f"ONNX parity check failed (max abs diff {inp.parity_max_abs_diff:.2e} over tolerance)"
         )
+    if inp.candidate == inp.baseline:
+        return False, (
+            f"ties {base} on {m}: candidate {_fmt(m, inp.candidate)} = baseline "
+            f"{_fmt(m, inp.baseline)}; a tie is not a win, so it is not promoted"
+        )
     if not _beats(inp.candidate, inp.baseline, inp.higher_is_better):
         return False, (
-            f"does not beat the baseline on {m} ({direction} is better): candidate "
+            f"does not beat {base} on {m} ({direction} is better): candidate "
             f"{_fmt(m, inp.candidate)} vs baseline {_fmt(m, inp.baseline)}"
         )
     champ = inp.champion
     if champ is None:
         return True, (
-            f"first model of this name; beats the baseline ({_fmt(m, inp.candidate)} vs "
+            f"first model of this name; beats {base} ({_fmt(m, inp.candidate)} vs "
             f"{inp.baseline:.4f}) and passed parity"
         )
     if champ.metric is None:
@@ -107,6 +119,12 @@ def judge(inp: GateInput) -> tuple[bool, str]:
             f"({champ.problem}); not comparable, so it stays champion"
         )
     mine = inp.candidate if champ.candidate_metric is None else champ.candidate_metric
+    if mine == champ.metric:
+        return False, (
+            f"ties champion v{champ.version} on the same test split: candidate "
+            f"{_fmt(m, mine)} = champion {_fmt(m, champ.metric)}; a tie is not a win, so the "
+            "champion stays"
+        )
     if not _beats(mine, champ.metric, inp.higher_is_better):
         return False, (
             f"does not beat champion v{champ.version} on the same test split ({direction} is "
@@ -114,7 +132,7 @@ def judge(inp: GateInput) -> tuple[bool, str]:
         )
     return True, (
         f"beats champion v{champ.version} ({_fmt(m, mine)} vs {champ.metric:.4f}) "
-        f"and the baseline ({inp.baseline:.4f}); parity passed"
+        f"and {base} ({inp.baseline:.4f}); parity passed"
     )
 
 

@@ -50,6 +50,9 @@ class TrainResult:
     stopped_early: bool = False
     val_metrics: dict[str, float] = field(default_factory=dict)
     baseline_seconds: float = 0.0
+    #: Every classical candidate as plain values: name, val_metric (primary metric on
+    #: validation, which alone chose the baseline), test_metrics, params, seconds, chosen.
+    baseline_candidates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def test_value(self) -> float:

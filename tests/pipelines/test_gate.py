@@ -28,10 +28,21 @@ def test_first_model_that_beats_baseline_becomes_champion() -> None:
     assert "first model" in d.reason
 
 
-def test_tie_with_baseline_is_not_enough() -> None:
-    d = decide(_inp(candidate=0.90))
+def test_tie_with_baseline_is_reported_as_a_tie_and_not_promoted() -> None:
+    d = decide(_inp(candidate=0.90, baseline_name="logistic-regression"))
     assert d.alias == CHALLENGER and not d.passed
-    assert "baseline" in d.reason and "0.9000" in d.reason
+    assert d.reason.startswith("ties the baseline (logistic-regression")
+    assert "0.9000 = baseline" in d.reason
+
+
+def test_loss_to_baseline_names_the_baseline() -> None:
+    d = decide(_inp(candidate=0.85, baseline_name="rbf-svm"))
+    assert d.alias == CHALLENGER and "does not beat the baseline (rbf-svm" in d.reason
+
+
+def test_tie_with_champion_is_reported_as_a_tie() -> None:
+    d = decide(_inp(champion=ChampionScore("2", 0.95)))
+    assert d.alias == CHALLENGER and d.reason.startswith("ties champion v2")
 
 
 def test_must_beat_the_champion_on_the_same_split() -> None:
@@ -75,4 +86,4 @@ def test_nan_never_wins() -> None:
 def test_champion_comparison_uses_candidates_onnx_score_when_given() -> None:
     # torch said 0.95 but the candidate's ONNX file on the same rows ties the champion.
     d = decide(_inp(champion=ChampionScore("1", 0.94, candidate_metric=0.94)))
-    assert d.alias == CHALLENGER and "0.9400 vs champion accuracy=0.9400" in d.reason
+    assert d.alias == CHALLENGER and "0.9400 = champion accuracy=0.9400" in d.reason
