@@ -189,6 +189,12 @@ _INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit", "k
 _FLOAT_FIELDS = {"lr", "weight_decay", "dropout"}
 _SIZES_FIELDS = {"hidden", "conv", "dense"}
 _BOOL_FIELDS = {"batch_norm", "augment", "tied"}
+_CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "activation": ACTIVATIONS,
+    "schedule": SCHEDULES,
+    "pool": POOLS,
+}
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -222,6 +228,8 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None or not isinstance(value, str):
         return value
     text = value.strip()
+    if text in _CHOICES.get(name, ()):  # pool "none" is a choice (no pooling), not the default
+        return text
     if text.lower() in ("", "none", "null"):
         return None
     if name in _BOOL_FIELDS:
