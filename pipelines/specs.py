@@ -8,10 +8,12 @@ every run and model version as the ``neuroserve.spec`` tag.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import training
+import training.spec
 
 
 def default_model_name(kind: str, data: str) -> str:
@@ -25,15 +27,60 @@ def default_model_name(kind: str, data: str) -> str:
     return f"{safe or 'data'}-{kind}"
 
 
-def build_spec(kind: str, data: str, **options: Any) -> training.TrainSpec:
-    """A validated spec from CLI-style options (None means the catalog default).
+#: Spec fields that hold layer sizes (tuples of ints).
+SIZES_FIELDS: frozenset[str] = frozenset(
+    f.name for f in fields(training.TrainSpec) if "tuple" in str(f.type)
+)
 
-    Raises training.SpecError before any work starts.
+
+def flag(field: str) -> str:
+    """The command-line flag of a spec field (``batch_size`` -> ``--batch-size``).
+
+    The one place that maps one to the other: typer derives the same names from the commands'
+    parameter names, and error messages use this to name the flag the user typed.
     """
-    clean = {k: v for k, v in options.items() if v is not None}
+    return "--" + field.replace("_", "-")
+
+
+def build_spec(kind: str, data: str, **options: Any) -> training.TrainSpec:
+    """A validated spec from CLI-style options (None means the default).
+
+    Layer sizes may be given as text (``"32,64"`` or ``"32x64"``). Raises training.SpecError
+    before any work starts, its one line naming the flag at fault (``--conv``, not ``conv``).
+    """
+    typed = {k: v for k, v in options.items() if v is not None}
+    clean = dict(typed)
+    for name in SIZES_FIELDS & clean.keys():
+        if not isinstance(clean[name], tuple):
+            clean[name] = training.spec.parse_sizes(flag(name), clean[name])
+    base = training.TrainSpec(kind=kind, data=data)
+    try:
+        base.validate()
+    except training.SpecError as exc:
+        raise training.SpecError(_name_flag(str(exc), "data")) from None
+    # Each option on its own, in the order given, so the first bad one is named.
+    for name, value in clean.items():
+        try:
+            training.TrainSpec(kind=kind, data=data, **{name: value}).validate()
+        except training.SpecError as exc:
+            # Quote the value as typed ('0,64'), not as parsed ((0, 64)).
+            text = str(exc).replace(f"got {value!r}", f"got {typed[name]!r}")
+            raise training.SpecError(_name_flag(text, name, prefix=True)) from None
     spec = training.TrainSpec(kind=kind, data=data, **clean)
     spec.validate()
     return spec
+
+
+def _name_flag(message: str, field: str, *, prefix: bool = False) -> str:
+    """``message`` with the field's name, where it leads the message, replaced by its flag.
+
+    Spec messages start with the field (``conv must be ...``) or with ``unknown <field> ...``;
+    any other message gets the flag in front when ``prefix`` is set.
+    """
+    for lead in (f"{field} ", f"unknown {field} "):
+        if message.startswith(lead):
+            return lead.replace(field, flag(field), 1) + message[len(lead) :]
+    return f"{flag(field)}: {message}" if prefix else message
 
 
 def spec_from_dict(data: dict[str, Any]) -> training.TrainSpec:
