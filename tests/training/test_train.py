@@ -31,21 +31,24 @@ class Recorder(Callback):
 
 
 @pytest.mark.parametrize(
-    ("family", "baseline", "metric"),
+    ("family", "candidates", "metric"),
     [
-        ("fnn", "logistic-regression", "accuracy"),
-        ("fnn-regression", "linear-regression", "r2"),
-        ("cnn", "logistic-regression", "accuracy"),
-        ("lstm", "naive-last-value", "rmse"),
-        ("gru", "naive-last-value", "rmse"),
-        ("lstm-text", "bigram", "perplexity"),
+        ("fnn", ["logistic-regression", "rbf-svm", "gradient-boosting"], "accuracy"),
+        ("fnn-regression", ["ridge", "rbf-svm", "gradient-boosting"], "r2"),
+        ("cnn", ["logistic-regression", "rbf-svm"], "accuracy"),
+        ("lstm", ["naive-last-value", "seasonal-naive", "ar-levels", "ar-differences"], "rmse"),
+        ("gru", ["naive-last-value", "ar-levels", "ar-differences"], "rmse"),  # period 11 > 10
+        ("lstm-text", ["kneser-ney"], "perplexity"),
     ],
 )
 def test_result_shape_per_family(
-    family: str, baseline: str, metric: str, trained: Callable[[str], TrainResult]
+    family: str, candidates: list[str], metric: str, trained: Callable[[str], TrainResult]
 ) -> None:
     r = trained(family)
-    assert r.baseline_name == baseline and r.primary_metric == metric
+    assert list(r.baselines) == candidates and r.primary_metric == metric
+    # The gate's baseline is one of the candidates, with that candidate's own test metrics.
+    assert r.baseline_name in candidates
+    assert r.baseline_metrics == r.baselines[r.baseline_name]
     assert r.higher_is_better == primary_metric(r.data.task)[1]
     assert r.higher_is_better == (metric in ("accuracy", "r2"))
     assert set(r.baseline_metrics) == set(r.test_metrics)  # same dict shape
@@ -61,10 +64,16 @@ def test_result_shape_per_family(
 
 def test_series_baselines_include_seasonal_naive(trained: Callable[[str], TrainResult]) -> None:
     r = trained("lstm")
-    assert set(r.baselines) == {"naive-last-value", "seasonal-naive"}
+    assert set(r.baselines) == {"naive-last-value", "seasonal-naive", "ar-levels", "ar-differences"}
     naive = r.data.x_test[:, -1, 0]
     expected = float(np.sqrt(np.mean((naive - r.data.y_test) ** 2)))
-    assert r.baseline_metrics["rmse"] == pytest.approx(expected, rel=1e-5)
+    assert r.baselines["naive-last-value"]["rmse"] == pytest.approx(expected, rel=1e-5)
+    seasonal = r.data.x_test[:, -11, 0]  # sunspots' period is 11 years, inside the window of 12
+    expected = float(np.sqrt(np.mean((seasonal - r.data.y_test) ** 2)))
+    assert r.baselines["seasonal-naive"]["rmse"] == pytest.approx(expected, rel=1e-5)
+    # On sunspots an autoregression beats both rules of thumb, so the gate judges against it.
+    assert r.baseline_name in ("ar-levels", "ar-differences")
+    assert r.baseline_metrics["rmse"] < min(r.baselines["naive-last-value"]["rmse"], expected)
 
 
 def test_same_seed_same_metrics_and_different_seed_differs() -> None:
