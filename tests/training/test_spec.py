@@ -7,6 +7,7 @@ import json
 import pytest
 
 from training import SpecError, TrainSpec, load_dataset, train
+from training.spec import parse_sizes
 
 
 @pytest.mark.parametrize(
@@ -18,7 +19,10 @@ from training import SpecError, TrainSpec, load_dataset, train
         ({"lr": float("nan")}, "lr must be a positive number"),
         ({"epochs": 0}, "epochs must be a positive integer; got 0"),
         ({"batch_size": -4}, "batch_size must be a positive integer; got -4"),
-        ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; expected one of: adam, adamw, sgd"),
+        (
+            {"optimizer": "adagrad"},
+            "unknown optimizer 'adagrad'; expected one of: adam, adamw, sgd",
+        ),
         ({"activation": "gelu"}, "unknown activation 'gelu'; expected one of: relu, leaky_relu"),
         ({"patience": 0}, "patience must be a positive integer"),
         ({"seed": -1}, "seed must be a non-negative integer"),
@@ -26,6 +30,24 @@ from training import SpecError, TrainSpec, load_dataset, train
         ({"limit": 5}, "limit must be at least 20"),
         ({"data": ""}, "data is empty; expected a built-in data set"),
         ({"kind": "cnn"}, "kind 'cnn' cannot train on 'diabetes' (table data); use fnn"),
+        ({"hidden": (8, 0)}, "hidden must be one or more positive layer sizes, e.g. 32,64"),
+        ({"hidden": ()}, "hidden must be one or more positive layer sizes"),
+        (
+            {"conv": (0, 64)},
+            "conv must be one or more positive layer sizes, e.g. 32,64; got (0, 64)",
+        ),
+        ({"dense": (32, True)}, "dense must be one or more positive layer sizes"),
+        ({"dropout": 1.5}, "dropout must be in [0, 1), e.g. 0.2; got 1.5"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1)"),
+        ({"dropout": -0.1}, "dropout must be a number >= 0"),
+        ({"pool": "sum"}, "unknown pool 'sum'; expected one of: max, avg, none"),
+        ({"schedule": "step"}, "unknown schedule 'step'; expected one of: constant, cosine"),
+        ({"weight_decay": -1.0}, "weight_decay must be a number >= 0"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a number >= 0"),
+        ({"kernel": 0}, "kernel must be a positive integer; got 0"),
+        ({"embed": 0}, "embed must be a positive integer; got 0"),
+        ({"batch_norm": "yes"}, "batch_norm must be true or false; got 'yes'"),
+        ({"tied": 1}, "tied must be true or false; got 1"),
     ],
 )
 def test_bad_spec_raises_clear_message(changes: dict[str, object], message: str) -> None:
@@ -76,6 +98,86 @@ def test_from_dict_coerces_text_and_rejects_unknown_keys() -> None:
         TrainSpec.from_dict({"kind": "fnn", "data": "wine", "epochs": "many"})
     with pytest.raises(SpecError, match="missing 'data'"):
         TrainSpec.from_dict({"kind": "fnn"})
+
+
+def test_round_trip_keeps_architecture_fields() -> None:
+    specs = [
+        TrainSpec(
+            "cnn",
+            "digits",
+            conv=(8, 16),
+            dense=(32,),
+            kernel=3,
+            pool="none",
+            batch_norm=False,
+            augment=True,
+            dropout=0.1,
+            weight_decay=0.01,
+            schedule="cosine",
+            optimizer="adamw",
+        ),
+        TrainSpec("gru", "pydoc-text", hidden=(64, 32), embed=48, tied=True, dropout=0.0),
+        TrainSpec("fnn", "wine", hidden=(16,), schedule="plateau"),
+    ]
+    for spec in specs:
+        resolved = spec.resolved()
+        as_json = json.loads(json.dumps(resolved.to_dict()))
+        assert TrainSpec.from_dict(as_json) == resolved
+        for name in ("hidden", "conv", "dense"):
+            value = as_json[name]
+            assert value is None or isinstance(value, list), (name, value)
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "value"),
+    [
+        ("hidden", "64x64", (64, 64)),
+        ("hidden", "32, 64", (32, 64)),
+        ("hidden", [32, 64], (32, 64)),
+        ("hidden", 8, (8,)),
+        ("hidden", "none", None),
+        ("conv", "32,64", (32, 64)),
+        ("dense", "128", (128,)),
+        ("dropout", "0.25", 0.25),
+        ("weight_decay", "0", 0.0),
+        ("kernel", "5", 5),
+        ("batch_norm", "false", False),
+        ("augment", "yes", True),
+        ("tied", "on", True),
+        ("pool", "none", "none"),  # a choice named none: no pooling, not the default
+        ("schedule", "cosine", "cosine"),
+        ("schedule", "none", None),
+    ],
+)
+def test_from_dict_coerces_architecture_text(field: str, text: object, value: object) -> None:
+    spec = TrainSpec.from_dict({"kind": "cnn", "data": "digits", field: text})
+    assert getattr(spec, field) == value
+    assert type(getattr(spec, field)) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"conv": "32,abc"}, "conv must be layer sizes separated by commas, e.g. 32,64"),
+        ({"hidden": "8,0"}, "hidden must be one or more positive layer sizes"),
+        ({"dense": [2.5]}, "dense must be layer sizes separated by commas"),
+        ({"batch_norm": "maybe"}, "batch_norm must be true or false; got 'maybe'"),
+        ({"dropout": "lots"}, "dropout must be a number; got 'lots'"),
+        ({"kernel": "3.5"}, "kernel must be an integer; got '3.5'"),
+        ({"pool": "Max"}, "unknown pool 'Max'"),
+    ],
+)
+def test_from_dict_rejects_bad_architecture_text(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        TrainSpec.from_dict({"kind": "cnn", "data": "digits", **changes})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["32,abc", "", ",", [True], [2.5], [], None, "1e3x"])
+def test_parse_sizes_names_what_it_was_given(bad: object) -> None:
+    with pytest.raises(SpecError, match=r"^--conv must be layer sizes separated by commas"):
+        parse_sizes("--conv", bad)
+    assert parse_sizes("--conv", "16x32,64") == (16, 32, 64)
 
 
 def test_spec_is_frozen() -> None:
