@@ -1,6 +1,8 @@
 """`neuroserve`: one console command, a subcommand per job (DESIGN.md, "Commands").
 
-Importing this module is cheap on purpose: typer and rich only. Prefect, MLflow, torch and
+Importing this module is cheap on purpose: typer, rich and the spec's own choices
+(``training.spec`` and ``training.catalog``, which import nothing heavy), so help texts and
+defaults come from the spec rather than being restated here. Prefect, MLflow, torch and
 serving are imported inside the commands, so ``neuroserve --help`` is instant and a serving
 image without torch can still run ``neuroserve serve``.
 
@@ -18,13 +20,18 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from pipelines.settings import DEFAULT_BATCH_SIZE
+from training.catalog import BUILTIN_DATASETS, KIND_INPUTS
+from training.spec import ACTIVATIONS, OPTIMIZERS, POOLS, SCHEDULES, TrainSpec
 
 app = typer.Typer(
     name="neuroserve",
@@ -39,24 +46,33 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-KINDS_HELP = "Model family: fnn (tables), cnn (images), lstm or gru (series, text)."
-DATA_HELP = (
-    "Built-in data set (mnist, digits, diabetes, breast-cancer, wine, sunspots, co2, "
-    "pydoc-text) or a path to a CSV, .npz, image folder or text file."
+KINDS_HELP = "Model family and the data it learns from: " + ", ".join(
+    f"{kind} ({'/'.join(inputs)})" for kind, inputs in KIND_INPUTS.items()
 )
-PER_DATA = "per kind and data set"
+DATA_HELP = (
+    f"Built-in data set ({', '.join(BUILTIN_DATASETS)}) or a path to a CSV, .npz, image folder "
+    "or text file."
+)
+PER_DATA = "per kind/data"
 #: Data set used when --data is not given: a small built-in one that fits the kind.
 DEFAULT_DATA = {"fnn": "breast-cancer", "cnn": "digits", "lstm": "sunspots", "gru": "sunspots"}
 DATA_DEFAULT_HELP = "per kind: fnn breast-cancer, cnn digits, lstm/gru sunspots"
+#: The spec's own defaults, shown in --help (TrainSpec decides them, not this file).
+SPEC_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainSpec)}
+SIZES = "N,N..."
+ARCHITECTURE = "Architecture"
+TRAINING = "Training"
 
-# Options that `train` and `compare` share, declared once.
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices)
+
+
+# Options that `train` and `compare` share, declared once. Each is named after its spec field
+# (typer turns batch_size into --batch-size, as pipelines.specs.flag does for error messages);
+# None means the default that training/ decides for the kind and data.
 DataOption = Annotated[
     str | None, typer.Option("--data", "-d", help=DATA_HELP, show_default=DATA_DEFAULT_HELP)
-]
-EpochsOption = Annotated[int | None, typer.Option(help="Training epochs.", show_default=PER_DATA)]
-LrOption = Annotated[float | None, typer.Option(help="Learning rate.", show_default=PER_DATA)]
-BatchSizeOption = Annotated[
-    int | None, typer.Option(help="Mini-batch size.", show_default=PER_DATA)
 ]
 TargetOption = Annotated[
     str | None, typer.Option(help="Target column of a CSV.", show_default="last column")
@@ -64,15 +80,175 @@ TargetOption = Annotated[
 LimitOption = Annotated[
     int | None, typer.Option(help="Use at most this many samples.", show_default="all")
 ]
+WindowOption = Annotated[
+    int | None,
+    typer.Option(help="Look-back length in steps (series, text).", show_default=PER_DATA),
+]
+SeedOption = Annotated[int, typer.Option(help="Random seed (data split and weights).")]
+EpochsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Training epochs (at most).", show_default=PER_DATA, rich_help_panel=TRAINING
+    ),
+]
+LrOption = Annotated[
+    float | None,
+    typer.Option(help="Learning rate.", show_default=PER_DATA, rich_help_panel=TRAINING),
+]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option(help="Mini-batch size.", show_default=PER_DATA, rich_help_panel=TRAINING),
+]
+OptimizerOption = Annotated[
+    str, typer.Option(help=f"Optimizer: {_one_of(OPTIMIZERS)}.", rich_help_panel=TRAINING)
+]
+WeightDecayOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Weight decay, >= 0 (decoupled with adamw).",
+        show_default=PER_DATA,
+        rich_help_panel=TRAINING,
+    ),
+]
+ScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Learning-rate schedule: {_one_of(SCHEDULES)}.",
+        show_default=PER_DATA,
+        rich_help_panel=TRAINING,
+    ),
+]
+PatienceOption = Annotated[
+    int,
+    typer.Option(
+        help="Early stopping: epochs without a better validation score.", rich_help_panel=TRAINING
+    ),
+]
+ActivationOption = Annotated[
+    str,
+    typer.Option(help=f"fnn: activation, {_one_of(ACTIVATIONS)}.", rich_help_panel=ARCHITECTURE),
+]
+HiddenOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Hidden sizes, comma-separated: fnn layer widths; lstm/gru units per stacked layer "
+        "(e.g. 64,64).",
+        metavar=SIZES,
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+DropoutOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Dropout rate in [0, 1).", show_default=PER_DATA, rich_help_panel=ARCHITECTURE
+    ),
+]
+ConvOption = Annotated[
+    str | None,
+    typer.Option(
+        help="cnn: channels per conv block, comma-separated (e.g. 32,64).",
+        metavar=SIZES,
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+KernelOption = Annotated[
+    int | None,
+    typer.Option(help="cnn: kernel size.", show_default=PER_DATA, rich_help_panel=ARCHITECTURE),
+]
+PoolOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"cnn: pooling after each conv block: {_one_of(POOLS)}.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+DenseOption = Annotated[
+    str | None,
+    typer.Option(
+        help="cnn: dense layer widths before the output, comma-separated (e.g. 128).",
+        metavar=SIZES,
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+BatchNormOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--batch-norm/--no-batch-norm",
+        help="cnn: batch normalisation in each conv block.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+AugmentOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help="cnn: random affine augmentation of the training images.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+EmbedOption = Annotated[
+    int | None,
+    typer.Option(
+        help="lstm/gru on text: embedding size.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+TiedOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--tied/--no-tied",
+        help="lstm/gru on text: the output layer shares the embedding's weights.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
+
+
+def _spec_from(kind: str, options: dict[str, Any]) -> Any:
+    """The validated TrainSpec of a command's options (its spec fields; the rest is ignored).
+
+    A bad value is a ``training.SpecError`` naming the flag, shown as one red line.
+    """
+    from pipelines import specs
+
+    chosen = {k: v for k, v in options.items() if k in SPEC_DEFAULTS and k not in ("kind", "data")}
+    data = options.get("data")
+    if data is None:  # not given; an empty --data "" is the user's and is rejected as such
+        data = DEFAULT_DATA.get(kind, "digits")
+    return specs.build_spec(kind, data, **chosen)
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print one red line (never wrapped) and exit with ``code``."""
-    text = " ".join(str(message).split())
+    text = escape(" ".join(str(message).split()))  # a user's value is text, never markup
     err_console.print(
         f"[bold red]error:[/bold red] {text}", soft_wrap=True, markup=True, highlight=False
     )
     raise typer.Exit(code)
+
+
+#: click's usage error (typer's base of BadParameter): typer >= 0.2x vendors its own click, so
+#: the class is found through typer's public BadParameter rather than imported from click.
+_UsageError: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineUsage(TyperCommand):
+    """A command whose usage errors (a value of the wrong type, an unknown or missing option)
+    are one red line naming the flag, like every other user error, instead of a usage panel."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as exc:
+            fail(exc.format_message())
+            raise  # unreachable: fail exits
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -185,52 +361,49 @@ def _print_train(outcome: Any) -> None:
     )
 
 
-@app.command()
+@app.command(cls=OneLineUsage)
 @user_errors
 def train(
     kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
     *,
     data: DataOption = None,
+    target: TargetOption = None,
+    limit: LimitOption = None,
+    window: WindowOption = None,
+    seed: SeedOption = SPEC_DEFAULTS["seed"],
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
-    optimizer: Annotated[str, typer.Option(help="adam, adamw, sgd, rmsprop...")] = "adam",
-    activation: Annotated[str, typer.Option(help="relu, sigmoid, tanh, leaky_relu...")] = "relu",
-    seed: Annotated[int, typer.Option(help="Random seed (data split and weights).")] = 42,
-    target: TargetOption = None,
+    optimizer: OptimizerOption = SPEC_DEFAULTS["optimizer"],
+    weight_decay: WeightDecayOption = None,
+    schedule: ScheduleOption = None,
+    patience: PatienceOption = SPEC_DEFAULTS["patience"],
+    activation: ActivationOption = SPEC_DEFAULTS["activation"],
+    hidden: HiddenOption = None,
+    dropout: DropoutOption = None,
+    conv: ConvOption = None,
+    kernel: KernelOption = None,
+    pool: PoolOption = None,
+    dense: DenseOption = None,
+    batch_norm: BatchNormOption = None,
+    augment: AugmentOption = None,
+    embed: EmbedOption = None,
+    tied: TiedOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Registered model name.", show_default="<data set>-<kind>"),
     ] = None,
-    window: Annotated[
-        int | None, typer.Option(help="Look-back length (series, text).", show_default=PER_DATA)
-    ] = None,
-    limit: LimitOption = None,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     promote: Annotated[
         bool, typer.Option("--promote", help="Make it champion even if the gate says no.")
     ] = False,
 ) -> None:
     """Train one model, evaluate it against a baseline, export ONNX, record it in MLflow,
     register a version and gate it to @champion or @challenger."""
+    spec = _spec_from(kind, dict(locals()))  # first: locals() is exactly the options here
     bootstrap()
-    from pipelines import settings, specs
+    from pipelines import settings
     from pipelines.flows import train_flow
 
-    spec = specs.build_spec(
-        kind,
-        data or DEFAULT_DATA.get(kind, "digits"),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        activation=activation,
-        seed=seed,
-        target=target,
-        window=window,
-        limit=limit,
-        patience=patience,
-    )
     with settings.embedded_flow_settings():
         outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
@@ -240,7 +413,7 @@ def train(
 # compare
 
 
-@app.command()
+@app.command(cls=OneLineUsage)
 @user_errors
 def compare(
     kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
@@ -248,76 +421,96 @@ def compare(
     vary: Annotated[
         list[str],
         typer.Option(
-            help="NAME=V1,V2,... with NAME one of activation, optimizer, lr, batch_size, "
-            "epochs, seed; repeat for a grid.",
+            help="NAME=V1,V2,... with NAME any option below but --data and --target (e.g. "
+            "activation=relu,sigmoid); layer sizes of one variant joined by x "
+            "(hidden=32,64x64 is 32 vs 64,64); default = the field's default; repeat for a grid.",
+            metavar="NAME=V1,V2",
             show_default=False,
         ),
     ],
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Train each variant with this many seeds (--seed, --seed+1, ...); the table "
+            "shows mean ± standard deviation and the winner has the best mean validation score.",
+        ),
+    ] = 1,
     data: DataOption = None,
+    target: TargetOption = None,
+    limit: LimitOption = None,
+    window: WindowOption = None,
+    seed: SeedOption = SPEC_DEFAULTS["seed"],
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
-    optimizer: Annotated[str, typer.Option(help="Optimizer when not varied.")] = "adam",
-    activation: Annotated[str, typer.Option(help="Activation when not varied.")] = "relu",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    target: TargetOption = None,
+    optimizer: OptimizerOption = SPEC_DEFAULTS["optimizer"],
+    weight_decay: WeightDecayOption = None,
+    schedule: ScheduleOption = None,
+    patience: PatienceOption = SPEC_DEFAULTS["patience"],
+    activation: ActivationOption = SPEC_DEFAULTS["activation"],
+    hidden: HiddenOption = None,
+    dropout: DropoutOption = None,
+    conv: ConvOption = None,
+    kernel: KernelOption = None,
+    pool: PoolOption = None,
+    dense: DenseOption = None,
+    batch_norm: BatchNormOption = None,
+    augment: AugmentOption = None,
+    embed: EmbedOption = None,
+    tied: TiedOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Experiment (model) name.", show_default="<data set>-<kind>"),
     ] = None,
-    window: Annotated[
-        int | None, typer.Option(help="Look-back length.", show_default=PER_DATA)
-    ] = None,
-    limit: LimitOption = None,
 ) -> None:
-    """Train variants side by side under one parent MLflow run; name the winner."""
-    bootstrap()
+    """Train variants side by side under one parent MLflow run; name the winner on validation."""
+    spec = _spec_from(kind, dict(locals()))  # first: locals() is exactly the options here
+    bootstrap()  # before Prefect is imported (pipelines.compare imports it)
     from pipelines import compare as compare_mod
-    from pipelines import settings, specs
+    from pipelines import settings
 
-    spec = specs.build_spec(
-        kind,
-        data or DEFAULT_DATA.get(kind, "digits"),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        activation=activation,
-        seed=seed,
-        target=target,
-        window=window,
-        limit=limit,
-    )
     # Checked before anything runs: unknown parameters or values are one red line.
-    compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary])
+    compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary], seeds)
+
     with settings.embedded_flow_settings():
         outcome = compare_mod.compare_flow(
-            spec.to_dict(), list(vary), model_name=name, progress=True
+            spec.to_dict(), list(vary), model_name=name, progress=True, seeds=seeds
         )
+    _print_compare(outcome)
+
+
+def _print_compare(outcome: Any) -> None:
+    """The comparison table (mean ± spread over seeds when there are several) and the winner."""
+    from pipelines.compare import SPREAD, pm
+
     m = outcome.metric_name
+    several = len(outcome.seeds) > 1
+    over = f"; mean ± {SPREAD} over seeds {', '.join(map(str, outcome.seeds))}" if several else ""
     table = Table(
         title=f"{outcome.model_name}: variants ({m}, "
-        f"{'higher' if outcome.higher_is_better else 'lower'} is better)"
+        f"{'higher' if outcome.higher_is_better else 'lower'} is better{over})"
     )
     widest = max(len(r.variant) for r in outcome.rows)
     table.add_column("variant", no_wrap=True, min_width=min(widest, 40))
     for col in (f"val {m}", f"test {m}", f"baseline {m}", "best epoch", "seconds"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=several and col != "best epoch")
     for r in outcome.rows:
         style = "bold green" if r.variant == outcome.winner else None
         table.add_row(
             r.variant,
-            f"{r.val_metric:.4f}",
-            f"{r.test_metric:.4f}",
+            pm(r.val_metric, r.val_spread),
+            pm(r.test_metric, r.test_spread),
             f"{r.baseline_metric:.4f}",
-            str(r.best_epoch),
+            f"{r.best_epoch:.3g}",
             f"{r.train_seconds:.1f}",
             style=style,
         )
     console.print(table)
     console.print(
-        f"[bold green]winner: {outcome.winner}[/bold green] (best validation {m}); "
-        f"parent MLflow run {outcome.parent_run_id}",
+        f"[bold green]winner: {outcome.winner}[/bold green] (best "
+        f"{'mean ' if several else ''}validation {m}; test never chooses)"
+        + (f"; {outcome.note}" if outcome.note else "")
+        + f"; parent MLflow run {outcome.parent_run_id}",
         soft_wrap=True,
     )
 
