@@ -147,6 +147,17 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         stopped_early=fitted.stopped_early,
         val_metrics={k: v for k, v in fitted.best_logs.items() if k.startswith("val_")},
         baseline_seconds=baseline_seconds,
+        baseline_candidates=[
+            {
+                "name": c.name,
+                "val_metric": float(c.val_metric),
+                "test_metrics": {k: float(v) for k, v in c.test_metrics.items()},
+                "params": dict(c.params),
+                "seconds": float(c.seconds),
+                "chosen": c.name == baseline.name,
+            }
+            for c in baseline.candidates
+        ],
     )
 
 
