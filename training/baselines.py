@@ -51,11 +51,15 @@ SVM_C_GRID = (1.0, 10.0, 100.0)
 SVM_CHUNK = 2048  # rows whose kernel values are computed at once when predicting
 SVM_CALIBRATION_ROWS = 2000  # training rows whose out-of-fold decisions fit the temperature
 SVM_GAMMA_FACTORS = (0.3, 3.0)  # tried around gamma="scale" at the best C
-# Gradient boosting: early stopping on validation; the small grid only where rows are few, and
-# where they are many one setting with a larger step and fewer trees (time is rows x trees).
+# Gradient boosting: early stopping on validation; the small grid only where rows (times trees
+# per step: one per class for multiclass) are few, and where they are many one setting with a
+# larger step and fewer trees (time is rows x trees).
 GB_MAX_ITER = 300
 GB_SMALL_ROWS = 20_000
-GB_LARGE_STEP = (0.2, 150)  # (learning_rate, max_iter) above GB_SMALL_ROWS
+GB_LARGE_STEP = (0.3, 100)  # (learning_rate, max_iter) above GB_SMALL_ROWS
+# Rows x trees grown (a multiclass model grows one tree per class per step): above this the
+# boosting fits on a seeded subsample, so many classes cannot multiply its time.
+GB_TREE_ROWS = 15_000_000
 GB_GRID_SMALL = ((7, 5), (7, 20), (31, 5), (31, 20))  # (max_leaf_nodes, min_samples_leaf)
 GB_GRID_LARGE = ((31, 20),)
 LOGISTIC_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -602,16 +606,22 @@ def _boosting(data: DataSplit, f: _Features) -> Candidate:
 
     The number of trees is chosen by early stopping on validation (``X_val``); a small grid of
     tree sizes is tried where rows are few, one setting where they are many (the cost is linear
-    in the rows, but a grid multiplies it).
+    in the rows, but a grid multiplies it), and past ``GB_TREE_ROWS`` rows x trees (many rows
+    and many classes) a seeded subsample is fitted, so the cost stays bounded.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     start = time.perf_counter()
     scorer = _Scorer(data, data.y_val)
     regression = data.task == "regression"
-    small = len(data.y_train) <= GB_SMALL_ROWS
+    per_step = 1 if data.task in ("regression", "binary") else max(len(data.labels), 1)
+    n = len(data.y_train)
+    small = n * per_step <= GB_SMALL_ROWS
     grid = GB_GRID_SMALL if small else GB_GRID_LARGE
     rate, max_iter = (0.1, GB_MAX_ITER) if small else GB_LARGE_STEP
+    rows = n if small else min(n, GB_TREE_ROWS // (max_iter * per_step))
+    keep = _subsample(n, rows, None if regression else data.y_train)
+    x_fit, y_fit = f.train[keep], data.y_train[keep]
 
     def output(model: Any, x: np.ndarray) -> np.ndarray:
         if regression:
@@ -631,11 +641,11 @@ def _boosting(data: DataSplit, f: _Features) -> Candidate:
             random_state=SEED,
         )
         with _quiet():
-            model.fit(f.train, data.y_train, X_val=f.val, y_val=data.y_val)
+            model.fit(x_fit, y_fit, X_val=f.val, y_val=data.y_val)
         return model, scorer(output(model, f.val))
 
-    if not regression and len(np.unique(data.y_train)) < 2:
-        return _constant_classifier("gradient-boosting", data, start, data.y_train, f.params)
+    if not regression and len(np.unique(y_fit)) < 2:
+        return _constant_classifier("gradient-boosting", data, start, y_fit, f.params)
     (leaves, min_leaf), model, score = _grid(grid, fit, scorer)
     params = {
         **f.params,
@@ -645,6 +655,10 @@ def _boosting(data: DataSplit, f: _Features) -> Candidate:
         "trees": int(model.n_iter_),
         "early_stopping": "validation loss, 20 rounds",
         "grid": "small" if small else f"one setting, fewer larger steps (> {GB_SMALL_ROWS} rows)",
+        "fit_rows": rows,
+        "note": "all training rows"
+        if rows == n
+        else f"seeded subsample of {rows} from {n} rows (rows x trees <= {GB_TREE_ROWS:.1e})",
     }
     return _candidate(
         "gradient-boosting",

@@ -288,3 +288,21 @@ def test_large_table_subsamples_the_svm_and_stays_cheap() -> None:
     assert result.name == "gradient-boosting"
     # Generous for a shared 2-core machine; it takes about 5 s alone on one core.
     assert seconds < 40
+
+
+def test_many_classes_subsample_the_boosting_and_record_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.baselines as baselines
+
+    # Smaller bounds than the real ones, so the same rule is exercised on a small table.
+    monkeypatch.setattr(baselines, "GB_TREE_ROWS", 200_000)
+    monkeypatch.setattr(baselines, "SVM_MAX_ROWS", 300)
+    rng = np.random.default_rng(0)
+    n = 12_000
+    x = rng.normal(size=(n, 4))
+    y = np.digitize(x[:, 0] + x[:, 1] * x[:, 2], [-1.0, 0.0, 1.0]).astype(np.int64)
+    data = _table(x, y, "multiclass")  # 7,680 training rows x 4 classes > 20,000: "large"
+    found = _by_name(run_baselines(data))
+    boosting = found["gradient-boosting"].params
+    assert boosting["fit_rows"] == 200_000 // (100 * 4) and "subsample" in boosting["note"]
+    assert found["rbf-svm"].params["fit_rows"] == 300
+    assert found["gradient-boosting"].val_metric > found["logistic-regression"].val_metric
