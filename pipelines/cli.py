@@ -485,15 +485,18 @@ def _print_compare(outcome: Any) -> None:
 
     m = outcome.metric_name
     several = len(outcome.seeds) > 1
-    over = f"; mean ± {SPREAD} over seeds {', '.join(map(str, outcome.seeds))}" if several else ""
+    over = f"mean ± {SPREAD} over seeds {', '.join(map(str, outcome.seeds))}" if several else None
     table = Table(
         title=f"{outcome.model_name}: variants ({m}, "
-        f"{'higher' if outcome.higher_is_better else 'lower'} is better{over})"
+        f"{'higher' if outcome.higher_is_better else 'lower'} is better)",
+        caption=over,
     )
     widest = max(len(r.variant) for r in outcome.rows)
     table.add_column("variant", no_wrap=True, min_width=min(widest, 40))
-    for col in (f"val {m}", f"test {m}", f"baseline {m}", "best epoch", "seconds"):
-        table.add_column(col, justify="right", no_wrap=several and col != "best epoch")
+    # Short headers (the metric is in the title) so mean ± spread fits on an 80-column terminal;
+    # cells wrap rather than being cut.
+    for col in ("val", "test", "baseline", "epoch", "s/run"):
+        table.add_column(col, justify="right", overflow="fold")
     for r in outcome.rows:
         style = "bold green" if r.variant == outcome.winner else None
         table.add_row(

@@ -241,13 +241,23 @@ def rank(rows: list[VariantRow], higher: bool) -> list[VariantRow]:
 
 
 def lead_note(ranked: list[VariantRow], metric: str) -> str:
-    """Whether the winner's lead over the runner-up exceeds one standard deviation of either."""
-    if len(ranked) < 2 or math.isnan(ranked[0].val_spread):
+    """How clear the winner is: tied with the runner-up, or its lead against the spread over
+    seeds (larger or smaller than one standard deviation of either); empty when not measurable.
+    """
+    if len(ranked) < 2:
         return ""
     best, second = ranked[0], ranked[1]
     lead = abs(best.val_metric - second.val_metric)
+    if math.isnan(lead):
+        return ""
+    mean = "" if math.isnan(best.val_spread) else "mean "
+    if lead <= 1e-12:
+        return (
+            f"tied with {second.variant} on {mean}validation {metric} ({best.val_metric:.4f}); "
+            "named because it was given first"
+        )
     spread = max(best.val_spread, second.val_spread)
-    if math.isnan(lead) or math.isnan(spread):
+    if math.isnan(spread):
         return ""
     verdict = "exceeds" if lead > spread else "is within"
     tail = "" if lead > spread else ": not a clear winner"

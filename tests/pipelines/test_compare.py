@@ -179,7 +179,12 @@ def test_winner_is_the_best_mean_validation_never_test() -> None:
     # One seed: no spread, no note, values shown without ±.
     single = _row("c", [0.9], [0.8])
     assert math.isnan(single.val_spread) and compare.pm(0.9, single.val_spread) == "0.9000"
-    assert compare.lead_note([single, a], "accuracy") == ""
+    assert compare.lead_note([single, _row("d", [0.8], [0.9])], "accuracy") == ""
+    # An exact tie is called one, with or without seeds.
+    tie = compare.lead_note([single, _row("e", [0.9], [0.95])], "accuracy")
+    assert tie.startswith("tied with e on validation accuracy (0.9000)")
+    tie = compare.lead_note([a, _row("f", [0.92, 0.91, 0.90], [0.9] * 3)], "accuracy")
+    assert tie.startswith("tied with f on mean validation accuracy")
 
 
 def test_compare_with_seeds_reports_mean_and_spread(home: Path, client: Any) -> None:
