@@ -109,7 +109,7 @@ def test_csv_table(tmp_path: Path) -> None:
     assert d.task == "regression" and d.feature_names == ["a", "b", "c"]
     assert d.target == "price" and sum(d.sizes().values()) == 120
     result = train(TrainSpec("fnn", str(path), target="price", epochs=30, lr=0.01))
-    assert result.test_metrics["r2"] > 0.5
+    assert result.test_metrics["r2"] > 0.99  # noiseless and linear: anything less is a bug
 
 
 def test_csv_table_classification_with_text_labels(tmp_path: Path) -> None:
