@@ -349,6 +349,8 @@ def _print_train(outcome: Any) -> None:
     console.print(
         f"* primary metric ({better} is better); parity max abs diff {o.parity_max_abs_diff:.2e}"
     )
+    if o.baselines:
+        _print_baselines(o)
     colour = "green" if o.alias == "champion" else "yellow"
     console.print(
         f"[bold {colour}]{o.model_name} v{o.version} -> @{o.alias}[/bold {colour}]: {o.reason}",
@@ -359,6 +361,24 @@ def _print_train(outcome: Any) -> None:
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _print_baselines(o: Any) -> None:
+    """Every classical candidate: the gate's baseline is the one best on validation."""
+    m = o.metric_name
+    table = Table(title=f"classical baselines ({m}; chosen on validation, never on test)")
+    for col in ("method", f"val {m}", f"test {m}", "seconds", "settings"):
+        table.add_column(col, justify="left" if col in ("method", "settings") else "right")
+    for c in o.baselines:
+        settings = ", ".join(f"{k}={v}" for k, v in c["params"].items())
+        table.add_row(
+            c["name"] + (" (baseline)" if c["chosen"] else ""),
+            f"{c['val_metric']:.4f}",
+            f"{c['test_metrics'][m]:.4f}",
+            f"{c['seconds']:.2f}",
+            settings,
+        )
+    console.print(table)
 
 
 @app.command(cls=OneLineUsage)
