@@ -10,7 +10,7 @@ import torch
 
 from training import TrainSpec, export_onnx, train
 from training.models import FNN, FNNConfig
-from training.models.fnn import MemberView
+from training.models.fnn import MemberView, categories_of
 from training.plans import classifier_loss, mse
 from training.plans.table import per_member
 
@@ -47,6 +47,37 @@ def test_standardisation_uses_training_statistics_and_clips() -> None:
     torch.testing.assert_close(net.standardise(x), torch.tensor([[0.0, 1.0, -1.0, 3.0]]))
     constant = FNN(FNNConfig(2, 1), np.zeros(2, np.float32), np.zeros(2, np.float32))
     assert torch.isfinite(constant(torch.ones(3, 2))).all()  # std 0 -> divide by 1, not NaN
+
+
+def test_coded_categories_get_indicators_inside_the_graph(tmp_path: Path) -> None:
+    x = np.array([[1, 0.5, 0], [2, 1.5, 1], [3, 2.5, 0], [1, 3.5, 1], [2, 4.5, 0]], np.float32)
+    cats = categories_of(x, max_values=10)
+    # column 0 (3 whole-number values) is coded; 1 is not whole, 2 is already a 0/1 column
+    assert cats.columns.tolist() == [0, 0, 0] and cats.values.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(cats.rates, [0.4, 0.4, 0.2])
+    assert len(categories_of(x, max_values=2).columns) == 0
+    net = FNN(FNNConfig(3, 1, members=2), x.mean(0), x.std(0), cats)
+    z = net.standardise(torch.tensor([[2.0, 1.0, 1.0], [9.0, 1.0, 1.0]]))
+    assert z.shape == (2, 6) and net.n_inputs == 6
+    ind = z[:, 3:] * net.cat_std + net.cat_mean
+    torch.testing.assert_close(ind, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))  # 9 unseen
+
+    rng = np.random.default_rng(0)
+    region = rng.integers(1, 6, 300)
+    y = np.array([0.0, 2.0, -1.0, 1.0, -2.0])[region - 1] + rng.normal(0, 0.1, 300)
+    path = tmp_path / "regions.csv"
+    path.write_text(
+        "\n".join(
+            [
+                "region,noise,y",
+                *(f"{r},{rng.normal():.4f},{t:.4f}" for r, t in zip(region, y, strict=True)),
+            ]
+        )
+    )
+    r = train(TrainSpec("fnn", str(path), target="y", epochs=5))
+    assert r.test_metrics["r2"] > 0.95  # a linear model on the indicators already fits it
+    report = export_onnx(r, tmp_path / "regions.onnx", {"model_name": "regions"})
+    assert report.max_abs_diff <= 1e-4
 
 
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])

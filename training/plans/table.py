@@ -23,7 +23,7 @@ import torch
 
 from training.data import DataSplit
 from training.models import FNN, FNNConfig, Predictor
-from training.models.fnn import MemberView
+from training.models.fnn import MemberView, categories_of
 from training.plans import LossFn, Plan, classifier_loss, mse, overrides
 from training.spec import TrainSpec
 
@@ -61,7 +61,8 @@ def plan(spec: TrainSpec, data: DataSplit) -> Plan:
     n_features = data.x_train.shape[1]
     if data.task == "regression":
         y_mean, y_std = float(data.y_train.mean()), float(data.y_train.std() or 1.0)
-        net = FNN(FNNConfig(n_features, 1, activation=spec.activation, **arch), mean, std)
+        config = FNNConfig(n_features, 1, activation=spec.activation, **arch)
+        net = FNN(config, mean, std, categories_of(data.x_train, config.max_categories))
         _init_linear(net, data, y_mean, y_std)
         y = torch.from_numpy((data.y_train - y_mean) / y_std).float()
 
@@ -72,7 +73,7 @@ def plan(spec: TrainSpec, data: DataSplit) -> Plan:
         return Plan(predictor, MemberView(net), per_member(mse), val_loss, x, y)
     loss, n_out = classifier_loss(data.task)
     config = FNNConfig(n_features, n_out or data.n_classes, activation=spec.activation, **arch)
-    net = FNN(config, mean, std)
+    net = FNN(config, mean, std, categories_of(data.x_train, config.max_categories))
     _init_linear(net, data)
     y = torch.from_numpy(data.y_train)
     return Plan(Predictor(net, data.task), MemberView(net), per_member(loss), loss, x, y)
