@@ -66,7 +66,7 @@ BUILTIN_DATASETS: MappingProxyType[str, BuiltinDataset] = MappingProxyType(
 _TRAINING: dict[str, Any] = {"window": None, "weight_decay": 0.0, "schedule": "constant"}
 # Defaults per model kind, then overrides per (kind, data set); a user path gets the kind's row.
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fnn": {**_TRAINING, "epochs": 200, "lr": 1e-3, "batch_size": 32},
+    "fnn": {**_TRAINING, "epochs": 200, "lr": 3e-3, "batch_size": 32},
     "cnn": {**_TRAINING, "epochs": 20, "lr": 1e-3, "batch_size": 64},
     "lstm": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
     "gru": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
