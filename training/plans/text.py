@@ -12,29 +12,63 @@ from training.models.text import AllSteps
 from training.plans import Plan, overrides
 from training.spec import TrainSpec
 
-GRAD_CLIP = 1.0
+GRAD_CLIP = 0.5
+STATEFUL = True
+UNIGRAM_BIAS = True  # carry the state across consecutive chunks (truncated BPTT)
+
+
+def _streams(stream: np.ndarray, streams: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the token stream into ``streams`` parallel streams read ``window`` tokens at a time.
+
+    Row ``k * streams + b`` holds chunk ``k`` of stream ``b``, so a batch of ``streams`` rows in
+    order continues, row for row, the chunks of the batch before it. Targets are the inputs
+    shifted by one token.
+    """
+    length = (len(stream) - 1) // streams
+    n_chunks = length // window
+    used = n_chunks * window
+    starts = np.arange(streams) * length
+    idx = starts[:, None] + np.arange(used)[None, :]  # [streams, used]
+    x = stream[idx].reshape(streams, n_chunks, window).transpose(1, 0, 2)
+    y = stream[idx + 1].reshape(streams, n_chunks, window).transpose(1, 0, 2)
+    flat = (n_chunks * streams, window)
+    return (
+        torch.from_numpy(np.ascontiguousarray(x).reshape(flat)),
+        torch.from_numpy(np.ascontiguousarray(y).reshape(flat)),
+    )
 
 
 def plan(spec: TrainSpec, data: DataSplit) -> Plan:
     """Each chunk of ``window`` tokens teaches ``window`` next-word predictions.
 
-    One epoch reads the training text once instead of ``window`` times; the exported graph
-    still answers for the last step only, as the contract says.
+    One epoch reads the training text once instead of ``window`` times. Training is stateful
+    when the text is long enough for ``batch_size`` parallel streams of at least two chunks:
+    each prediction then sees the words before its chunk too, as it would reading on. The
+    exported graph still answers from the ``window`` words it is given, for the last step only,
+    as the contract says; validation scores exactly that.
     """
-    assert data.window is not None
+    assert data.window is not None and spec.batch_size is not None
     window = data.window
     stream = np.concatenate([data.x_train[0], data.y_train])
-    n_chunks = (len(stream) - 1) // window
-    usable = stream[: n_chunks * window + 1]
-    x = torch.from_numpy(usable[:-1].reshape(n_chunks, window).copy())
-    y = torch.from_numpy(usable[1:].reshape(n_chunks, window).copy())
+    streams = spec.batch_size
+    stateful = STATEFUL and (len(stream) - 1) // streams >= 2 * window
+    if stateful:
+        x, y = _streams(stream, streams, window)
+    else:
+        x, y = _streams(stream, 1, window)
     vocab = len(data.vocabulary)
     config = TextRNNConfig(
         cell=spec.kind,
         vocab_size=vocab,
-        **overrides(spec, hidden="hidden", dropout="dropout", embed="embed"),
+        **overrides(spec, hidden="hidden", dropout="dropout", embed="embed", tied="tied"),
     )
     net = TextRNN(config)
+    if UNIGRAM_BIAS:
+        # Start from the unigram distribution rather than uniform: the first epochs then learn
+        # context instead of word frequencies (add-one counts keep unseen ids finite).
+        counts = np.bincount(stream, minlength=vocab).astype(np.float64) + 1.0
+        with torch.no_grad():
+            net.out.bias.copy_(torch.from_numpy(np.log(counts / counts.sum())))
 
     def loss(z: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(z.reshape(-1, vocab), yb.reshape(-1))
@@ -43,5 +77,12 @@ def plan(spec: TrainSpec, data: DataSplit) -> Plan:
         return F.cross_entropy(z, yv)
 
     return Plan(
-        Predictor(net, "next-token"), AllSteps(net), loss, val_loss, x, y, grad_clip=GRAD_CLIP
+        Predictor(net, "next-token"),
+        AllSteps(net, stateful=stateful),
+        loss,
+        val_loss,
+        x,
+        y,
+        grad_clip=GRAD_CLIP,
+        shuffle=not stateful,
     )
