@@ -19,9 +19,10 @@ class TextRNNConfig:
 
     Small corpora overfit long before they underfit, so the defaults lean on regularisation:
     the output layer shares the embedding's weights (``tied``, which also halves the
-    parameters), and dropout masks that stay fixed along the sequence are applied to the
-    embeddings (``embed_dropout``), between layers and before the output (``dropout``).
+    parameters), and ``dropout`` masks that stay fixed along the sequence are applied to the
+    embeddings, between layers and before the output (one rate: ``--dropout 0`` means none).
     ``embed=None`` means the last hidden size, which is what tying needs without a projection.
+    ``pointer`` adds a cache over the window's own words (see ``_Pointer``).
     """
 
     cell: str
@@ -30,7 +31,6 @@ class TextRNNConfig:
     dropout: float = 0.4
     embed: int | None = None
     tied: bool = True
-    embed_dropout: float = 0.4
     pointer: bool = True
 
     @property
@@ -84,7 +84,7 @@ class TextRNN(nn.Module):
     def _features(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """``[batch, time]`` -> top-layer features ``[batch, time, out_in]`` and the new state."""
         c, train = self.config, self.training
-        h = _locked_dropout(self.embed(x), c.embed_dropout, train)
+        h = _locked_dropout(self.embed(x), c.dropout, train)
         new: State = []
         for i, layer in enumerate(self.layers):
             if i:
