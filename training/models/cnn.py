@@ -46,10 +46,11 @@ class CNNConfig:
     augment: bool = True
     pixel_max: float = 255.0
     # Augmentation strength: max rotation (degrees), scale change and shift (fraction of size).
-    # Small enough to keep a digit a digit and a photo's subject in frame.
-    max_rotation: float = 10.0
-    max_scale: float = 0.1
-    max_shift: float = 0.1
+    # Chosen on validation loss (mnist seed 42, digits seeds 42/1/2): +-5 deg / 5 % / 5 % beat
+    # +-10 deg / 10 % / 10 % on every run (mnist 0.577 vs 0.597; digits 0.54 vs 0.59-0.60).
+    max_rotation: float = 5.0
+    max_scale: float = 0.05
+    max_shift: float = 0.05
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -104,9 +105,10 @@ def size_defaults(height: int, width: int) -> dict[str, Any]:
     """The architecture defaults that depend on the image size; the only place they are decided.
 
     Blocks: enough 2x2 pools to bring the map to about 7x7 (28x28 -> 2, 64x64 -> 3, 8x8 -> 2),
-    widths doubling from 32 and capped at 128. The dense head is 128 wide. Measured on a 2-core
-    CPU (mnist, digits; see the commit log): 32/64 with batch norm reaches about a point more
-    accuracy than 16/32 without, at a cost the time budget allows.
+    widths doubling from 32 and capped at 128; the dense head is 128 wide; 3x3 kernels. On
+    mnist (seed 42, a 15-epoch cosine run, batch norm, augmented) 32/64 reached 0.984
+    validation accuracy where 16/32 reached 0.976, at about 2.5x the time per epoch, which the
+    time budget allows.
     """
     shortest = min(height, width)
     kernel = min(3, shortest)  # 3x3 unless the image is thinner than that
