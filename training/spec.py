@@ -21,6 +21,18 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "plateau")
 POOLS: tuple[str, ...] = ("max", "avg", "none")
+#: The input kinds each architecture field shapes; set on any other, it is a mistake, not a no-op.
+FIELD_INPUTS: dict[str, tuple[str, ...]] = {
+    "hidden": ("table", "series", "text"),
+    "conv": ("image",),
+    "kernel": ("image",),
+    "pool": ("image",),
+    "dense": ("image",),
+    "batch_norm": ("image",),
+    "augment": ("image",),
+    "embed": ("text",),
+    "tied": ("text",),
+}
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,13 @@ class TrainSpec:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise SpecError(f"{name} must be true or false; got {value!r}")
+        input_kind = input_kind_of(self.data, self.kind)
+        for name, kinds in FIELD_INPUTS.items():
+            if getattr(self, name) is not None and input_kind not in kinds:
+                raise SpecError(
+                    f"{name} does not apply to {self.kind} on {input_kind} data; it shapes "
+                    f"{' and '.join(kinds)} models only"
+                )
 
     def resolved(self) -> TrainSpec:
         """A copy with ``epochs``, ``lr``, ``batch_size`` and ``window`` set to their defaults.

@@ -16,6 +16,7 @@ import pytest
 import training
 from pipelines import compare, specs
 from pipelines.errors import VaryError
+from training.spec import FIELD_INPUTS
 
 
 def test_compare_activations_under_one_parent(home: Path, client: Any) -> None:
@@ -71,10 +72,12 @@ def test_compare_activations_under_one_parent(home: Path, client: Any) -> None:
         ("batch_norm=true,maybe", "batch_norm must be true or false"),
         ("weight_decay=0,-1", "weight_decay must be a number >= 0"),
         ("kernel=3,0", "kernel must be a positive integer"),
+        ("embed=16,32", "embed does not apply to fnn on table data"),
     ],
 )
 def test_bad_vary_is_rejected_before_anything_runs(vary: str, message: str) -> None:
-    base = specs.build_spec("fnn", "breast-cancer", epochs=1)
+    image_field = FIELD_INPUTS.get(vary.partition("=")[0]) == ("image",)
+    base = specs.build_spec(*(("cnn", "digits") if image_field else ("fnn", "breast-cancer")))
     with pytest.raises(VaryError) as err:
         compare.variants(base, [compare.parse_vary(vary)])
     assert message in str(err.value)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from training import SpecError, TrainSpec, load_dataset, train
-from training.spec import parse_sizes
+from training.spec import FIELD_INPUTS, parse_sizes
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,10 @@ def test_round_trip_keeps_architecture_fields() -> None:
             assert value is None or isinstance(value, list), (name, value)
 
 
+#: A model and data set of each input kind, for fields that shape only some kinds.
+_SHAPED_BY = {"image": ("cnn", "digits"), "table": ("fnn", "wine"), "text": ("lstm", "pydoc-text")}
+
+
 @pytest.mark.parametrize(
     ("field", "text", "value"),
     [
@@ -150,7 +154,8 @@ def test_round_trip_keeps_architecture_fields() -> None:
     ],
 )
 def test_from_dict_coerces_architecture_text(field: str, text: object, value: object) -> None:
-    spec = TrainSpec.from_dict({"kind": "cnn", "data": "digits", field: text})
+    kind, data = _SHAPED_BY[FIELD_INPUTS.get(field, ("image",))[0]]
+    spec = TrainSpec.from_dict({"kind": kind, "data": data, field: text})
     assert getattr(spec, field) == value
     assert type(getattr(spec, field)) is type(value)
 
@@ -184,3 +189,20 @@ def test_spec_is_frozen() -> None:
     spec = TrainSpec("fnn", "wine")
     with pytest.raises(AttributeError):
         spec.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "changes", "message"),
+    [
+        ("fnn", "diabetes", {"conv": (32,)}, "conv does not apply to fnn on table data"),
+        ("lstm", "sunspots", {"tied": True}, "tied does not apply to lstm on series data"),
+        ("cnn", "digits", {"hidden": (8,)}, "hidden does not apply to cnn on image data"),
+        ("gru", "co2", {"embed": 32}, "embed does not apply to gru on series data"),
+    ],
+)
+def test_architecture_field_of_another_family_is_rejected(
+    kind: str, data: str, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        TrainSpec(kind, data, **changes).validate()  # type: ignore[arg-type]
+    TrainSpec(kind, data).validate()  # the same spec without it is fine
