@@ -12,9 +12,9 @@ from training.models.text import AllSteps
 from training.plans import Plan, overrides
 from training.spec import TrainSpec
 
-GRAD_CLIP = 0.5
-STATEFUL = True
-UNIGRAM_BIAS = True  # carry the state across consecutive chunks (truncated BPTT)
+GRAD_CLIP = 0.5  # max global gradient norm (AWD-LSTM clips at 0.25; not tuned here)
+STATEFUL = True  # carry the state across consecutive chunks (truncated BPTT)
+UNIGRAM_BIAS = True  # output bias starts at log unigram frequencies
 
 
 def _streams(stream: np.ndarray, streams: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
