@@ -33,12 +33,7 @@ LEVELS_OUTSIDE_SHARE = 0.05
 
 def plan(spec: TrainSpec, data: DataSplit) -> Plan:
     """Forecaster trained on every look-back window of the training stretch."""
-    assert data.window is not None
-    values = np.concatenate([data.x_train[0, :, 0], data.y_train])  # the training stretch
-    config = RNNConfig(cell=spec.kind, **overrides(spec, hidden="hidden", dropout="dropout"))
-    config = resolve(config, data)
-    net = SeriesRNN(config, data.window, SeriesScales.of(values, config.transform))
-    net.init_linear(data.x_train, data.y_train)
+    net = network(spec, data)
     last = data.x_train[:, -1, 0]
     y = torch.from_numpy((data.y_train - last) / float(net.change)).float()
     mean, std = float(net.mean), float(net.std)
@@ -55,6 +50,18 @@ def plan(spec: TrainSpec, data: DataSplit) -> Plan:
         y,
         grad_clip=GRAD_CLIP,
     )
+
+
+def network(spec: TrainSpec, data: DataSplit) -> SeriesRNN:
+    """The forecaster for ``spec`` on ``data``: configuration resolved, scales from the training
+    stretch, linear path fitted (also what benchmarks build outside a full run)."""
+    assert data.window is not None
+    values = np.concatenate([data.x_train[0, :, 0], data.y_train])  # the training stretch
+    config = RNNConfig(cell=spec.kind, **overrides(spec, hidden="hidden", dropout="dropout"))
+    config = resolve(config, data)
+    net = SeriesRNN(config, data.window, SeriesScales.of(values, config.transform))
+    net.init_linear(data.x_train, data.y_train)
+    return net
 
 
 def resolve(config: RNNConfig, data: DataSplit) -> RNNConfig:
