@@ -25,53 +25,58 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import load_dataset
+from training import TrainSpec, load_dataset
 from training.callbacks import EarlyStopping
 from training.loop import LoopConfig, fit, make_optimizer
-from training.models import CNN, FNN, CNNConfig, FNNConfig, RNNConfig, SeriesRNN
+from training.plans import plan as make_plan
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# name, model, loss, (x, y, x_val, y_val), batch size, epochs per timed run
-Case = tuple[str, nn.Module, Loss, tuple[torch.Tensor, ...], int, int]
+# name, model, loss, (x, y, x_val, y_val), batch size, epochs per timed run, grad clip
+Case = tuple[str, nn.Module, Loss, tuple[torch.Tensor, ...], int, int, float | None]
 
 
-def _mse(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(z[:, 0], y)
+def _case(kind: str, data: str, label: str, epochs: int) -> Case:
+    """The default network of ``train(TrainSpec(kind, data))``, built by the same plan."""
+    spec = TrainSpec(kind, data).resolved()
+    assert spec.batch_size is not None
+    d = load_dataset(spec)
+    p = make_plan(spec, d)
+    net = p.predictor.net
+    tensors = (p.x, p.y, torch.from_numpy(d.x_val), torch.from_numpy(d.y_val))
+
+    class _Train(nn.Module):
+        """Training view (``p.train_module``) whose eval-mode output is the network's own."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.train_view, self.net = p.train_module, net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.train_view(x) if self.training else self.net(x)
+
+    def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # validation targets are raw; training targets are what the plan prepared
+        return p.val_loss_fn(z, y) if not torch.is_grad_enabled() else p.loss_fn(z, y)
+
+    return label, _Train(), loss, tensors, spec.batch_size, epochs, p.grad_clip
 
 
 def _case_cnn() -> Case:
-    d = load_dataset("mnist", kind="cnn")
-    s = d.x_train / 255.0
-    net = CNN(CNNConfig(1, 28, 28, 10), s.mean(axis=(0, 2, 3)), s.std(axis=(0, 2, 3)))
-    tensors = tuple(torch.from_numpy(a) for a in (d.x_train, d.y_train, d.x_val, d.y_val))
-    return "cnn / mnist (3,500 images)", net, F.cross_entropy, tensors, 64, 2
+    return _case("cnn", "mnist", "cnn / mnist (3,500 images)", 2)
 
 
 def _case_fnn() -> Case:
-    d = load_dataset("breast-cancer", kind="fnn")
-    net = FNN(FNNConfig(30, 1), d.x_train.mean(axis=0), d.x_train.std(axis=0))
-
-    def bce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(z[:, 0], y.float())
-
-    tensors = tuple(torch.from_numpy(a) for a in (d.x_train, d.y_train, d.x_val, d.y_val))
-    return "fnn / breast-cancer (364 rows)", net, bce, tensors, 32, 60
+    return _case("fnn", "breast-cancer", "fnn / breast-cancer (364 rows)", 60)
 
 
 def _case_lstm() -> Case:
-    d = load_dataset("sunspots", kind="lstm", window=20)
-    mean, std = float(d.y_train.mean()), float(d.y_train.std())
-    net = SeriesRNN(RNNConfig("lstm", hidden=64), mean, std)
-    ys = [torch.from_numpy((y - mean) / std).float() for y in (d.y_train, d.y_val)]
-    tensors = (torch.from_numpy(d.x_train), ys[0], torch.from_numpy(d.x_val), ys[1])
-    return "lstm / sunspots (200 windows)", net, _mse, tensors, 32, 10
+    return _case("lstm", "sunspots", "lstm / sunspots (200 windows)", 10)
 
 
 def hand_loop(
@@ -94,7 +99,7 @@ def hand_loop(
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_fn(model(x[idx]), y[idx])  # grad enabled: the training loss
             loss.backward()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -147,9 +152,8 @@ def main() -> None:
     for col in (*columns, "median pair"):
         table.add_column(col, justify="left" if col == "model / data" else "right")
     for make in (_case_cnn, _case_fnn, _case_lstm):
-        name, net, loss_fn, data, batch, base_epochs = make()
+        name, net, loss_fn, data, batch, base_epochs, clip = make()
         epochs = max(1, round(base_epochs * args.scale))
-        clip = 1.0 if isinstance(net, SeriesRNN) else None
         init = copy.deepcopy(net.state_dict())
         hand_times: list[float] = []
         loop_times: list[float] = []
