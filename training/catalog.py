@@ -67,7 +67,10 @@ _TRAINING: dict[str, Any] = {"window": None, "weight_decay": 0.0, "schedule": "c
 # Defaults per model kind, then overrides per (kind, data set); a user path gets the kind's row.
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "fnn": {**_TRAINING, "epochs": 200, "lr": 3e-3, "batch_size": 32},
-    "cnn": {**_TRAINING, "epochs": 20, "lr": 1e-3, "batch_size": 64},
+    # Images: a cosine decay over 30 epochs lets augmented training settle. mnist seed 42 at a
+    # constant rate stopped at epoch 14 with 0.978; cosine (and the smoothed loss in plans/image)
+    # ran the schedule out: 0.992 / 0.987 / 0.982 on seeds 42 / 1 / 2.
+    "cnn": {**_TRAINING, "epochs": 30, "lr": 1e-3, "batch_size": 64, "schedule": "cosine"},
     "lstm": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
     "gru": {**_TRAINING, "epochs": 100, "lr": 3e-3, "batch_size": 32, "window": 20},
 }
@@ -82,8 +85,7 @@ _TEXT_DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
 }
 _DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cnn", "mnist"): {"epochs": 30},
-    ("cnn", "digits"): {"epochs": 60},
+    ("cnn", "digits"): {"epochs": 60},  # 8x8 images: an epoch costs ~0.2 s, more of them pay
     ("lstm", "co2"): {"window": 52},
     ("gru", "co2"): {"window": 52},
     # The built-in text is read as any text file is: no row of its own beyond the text row.
