@@ -346,9 +346,7 @@ def _print_train(outcome: Any) -> None:
             "-" if base_v is None else f"{base_v:.4f}",
         )
     console.print(table)
-    console.print(
-        f"* primary metric ({better} is better); parity max abs diff {o.parity_max_abs_diff:.2e}"
-    )
+    console.print(f"* primary metric ({better} is better); parity max diff {o.parity_max_diff:.2e}")
     if o.baselines:
         _print_baselines(o)
     colour = "green" if o.alias == "champion" else "yellow"

@@ -35,12 +35,11 @@ from prefect.cache_policies import NO_CACHE
 import training
 from pipelines import figures, gate, registry, settings, specs, tracking
 from pipelines.errors import GateError, PipelineError
+from training.export import PARITY_TOLERANCE
 
 #: Retries for tasks that touch MLflow or files (read once, at import).
 IO_RETRIES = settings.task_retries()
 IO_RETRY_DELAY = settings.task_retry_delay()
-
-PARITY_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -61,7 +60,7 @@ class TrainOutcome:
     baseline_metric: float
     champion_metric: float | None
     previous_champion: str | None
-    parity_max_abs_diff: float
+    parity_max_diff: float
     model_uri: str
     tracking_uri: str
     artifact_key: str
@@ -533,7 +532,7 @@ def summary_markdown(o: TrainOutcome, figures_logged: list[str]) -> str:
     lines += [
         "",
         f"Previous champion on the same test split: {champ}",
-        f"ONNX parity max abs diff: {o.parity_max_abs_diff:.2e} (tolerance {PARITY_TOLERANCE})",
+        f"ONNX parity max diff: {o.parity_max_diff:.2e} (tolerance {PARITY_TOLERANCE})",
         "",
         "## Where",
         f"- registered model: `models:/{o.model_name}/{o.version}` (alias `@{o.alias}`)",
@@ -569,9 +568,9 @@ def _export_and_register(
     except training.ExportError as exc:
         client.set_tag(run_id, "neuroserve.parity", "failed")
         raise PipelineError(f"ONNX export of {name} failed its parity check: {exc}") from exc
-    parity = float(report.max_abs_diff)
+    parity = float(report.max_diff)
     tracking.log_metrics(
-        client, run_id, {"parity_max_abs_diff": parity, "onnx_size_bytes": report.size_bytes}
+        client, run_id, {"parity_max_diff": parity, "onnx_size_bytes": report.size_bytes}
     )
     client.set_tag(run_id, "neuroserve.parity", "passed")
     model_uri = log_model(uri, run_id, onnx_path, np.asarray(result.data.x_test[:2]))
@@ -625,7 +624,7 @@ def train_flow(
                 candidate=float(result.test_metrics[metric]),
                 baseline=float(result.baseline_metrics[metric]),
                 parity_passed=parity <= PARITY_TOLERANCE,
-                parity_max_abs_diff=parity,
+                parity_max_diff=parity,
                 champion=champ,
                 promote=promote,
                 baseline_name=str(result.baseline_name),
@@ -646,7 +645,7 @@ def train_flow(
             baseline_metric=float(result.baseline_metrics[metric]),
             champion_metric=champ.metric if champ else None,
             previous_champion=champ.version if champ else None,
-            parity_max_abs_diff=parity,
+            parity_max_diff=parity,
             model_uri=f"models:/{name}/{version}",
             tracking_uri=uri,
             artifact_key=_artifact_key(name),

@@ -54,7 +54,7 @@ class GateInput:
     candidate: float
     baseline: float
     parity_passed: bool
-    parity_max_abs_diff: float
+    parity_max_diff: float
     champion: ChampionScore | None = None
     promote: bool = False
     baseline_name: str = "baseline"
@@ -95,7 +95,7 @@ def judge(inp: GateInput) -> tuple[bool, str]:
     base = f"the baseline ({inp.baseline_name}, best of the classical methods on validation)"
     if not inp.parity_passed:
         return False, (
-            f"ONNX parity check failed (max abs diff {inp.parity_max_abs_diff:.2e} over tolerance)"
+            f"ONNX parity check failed (max diff {inp.parity_max_diff:.2e} over tolerance)"
         )
     if inp.candidate == inp.baseline:
         return False, (

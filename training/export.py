@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["OPSET", "PARITY_BATCH_SIZES", "PARITY_TOLERANCE", "ExportReport", "export_onnx"]
 
 OPSET = 17
+#: Parity bound on ``|onnx - torch| / max(1, |torch|)``: absolute for outputs within ±1
+#: (probabilities), relative beyond, where float32 itself cannot promise 1e-4 (a sunspot count of
+#: 150 is only resolved to ~1e-5, and a chain of ops compounds it).
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES: tuple[int, ...] = (1, 2, 7, 64)
 CONTRACT_KEYS = (
@@ -52,7 +55,8 @@ class ExportReport:
     """Where the file went and how closely ONNX Runtime reproduces torch."""
 
     path: Path
-    max_abs_diff: float
+    #: Largest ``|onnx - torch| / max(1, |torch|)`` over the parity batches (see PARITY_TOLERANCE).
+    max_diff: float
     per_batch: dict[str, float]
     opset: int
     size_bytes: int
@@ -104,7 +108,7 @@ def export_onnx(
         raise
     return ExportReport(
         path=path,
-        max_abs_diff=max(per_batch.values()),
+        max_diff=max(per_batch.values()),
         per_batch=per_batch,
         opset=OPSET,
         size_bytes=path.stat().st_size,
@@ -205,7 +209,7 @@ def _finish_graph(path: Path, metadata: Mapping[str, str], sequence: bool) -> No
 def _parity(
     model: torch.nn.Module, path: Path, held_out: np.ndarray, sequence: bool
 ) -> tuple[dict[str, float], list[str]]:
-    """Max |ORT - torch| per batch size (and per sequence length for recurrent models)."""
+    """Max |ORT - torch| / max(1, |torch|) per batch size (and sequence length for RNNs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -238,12 +242,13 @@ def _parity(
                     f"parity check failed at batch size {batch}: ONNX Runtime returned shape "
                     f"{got.shape}, torch {expected.shape}"
                 )
-            diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+            gap = np.abs(got.astype(np.float64) - expected)
+            diff = float(np.max(gap / np.maximum(1.0, np.abs(expected))))
             per_batch[key] = diff
             if not diff <= PARITY_TOLERANCE:
                 raise ExportError(
                     f"parity check failed at batch size {batch}"
                     + (f", time {length}" if length is not None else "")
-                    + f": max |onnx - torch| = {diff:.3g} > {PARITY_TOLERANCE:g}"
+                    + f": max |onnx - torch| / max(1, |torch|) = {diff:.3g} > {PARITY_TOLERANCE:g}"
                 )
     return per_batch, list(session.get_providers())

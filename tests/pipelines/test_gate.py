@@ -14,7 +14,7 @@ def _inp(**kw: object) -> GateInput:
         "candidate": 0.95,
         "baseline": 0.90,
         "parity_passed": True,
-        "parity_max_abs_diff": 1e-7,
+        "parity_max_diff": 1e-7,
         "champion": None,
         "promote": False,
     }
@@ -62,7 +62,7 @@ def test_lower_is_better_metrics() -> None:
 
 
 def test_parity_failure_blocks_even_promote() -> None:
-    d = decide(_inp(parity_passed=False, parity_max_abs_diff=0.5, promote=True))
+    d = decide(_inp(parity_passed=False, parity_max_diff=0.5, promote=True))
     assert d.alias == CHALLENGER and not d.overridden
     assert "parity" in d.reason
 
