@@ -145,9 +145,10 @@ class _Pointer(nn.Module):
         weights = torch.softmax(torch.cat([scores, self.sentinel(hq)], dim=-1), dim=-1)
         # The word that followed each key position (the last one is never usable).
         follow = torch.cat([x[:, 1:], x[:, -1:]], dim=1)  # [b, t]
-        vocab = logits.shape[-1]
-        onehot = (follow[:, :, None] == torch.arange(vocab, device=x.device)).to(hq.dtype)
-        copied = weights[..., :t] @ onehot  # [b, q, vocab]
+        # Each key's weight added onto its word's probability: [b, q, vocab]. A scatter costs
+        # b*q*t adds; a one-hot matmul would build [b, t, vocab] (260 MB for a validation batch).
+        index = follow[:, None, :].expand(-1, q_len, -1)
+        copied = torch.zeros_like(logits).scatter_add(2, index, weights[..., :t])
         mixed = weights[..., t:] * torch.softmax(logits, dim=-1) + copied
         return torch.log(mixed + 1e-8)
 
