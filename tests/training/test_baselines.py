@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -271,23 +270,21 @@ def test_images_pca_recorded_and_svm_beats_logistic_on_digits() -> None:
     assert found["rbf-svm"].params["pca_components"] == 50  # 784 pixels: PCA first
 
 
-def test_large_table_subsamples_the_svm_and_stays_cheap() -> None:
+def test_large_table_subsamples_the_svm_and_records_it() -> None:
+    # Past GB_SMALL_ROWS rows: the kernel SVM is fitted on a recorded subsample and boosting
+    # takes its one large-table setting. (How long it takes is bench/bench_baselines.py's job.)
     rng = np.random.default_rng(0)
-    n = 50_000
+    n = 40_000
     x = rng.normal(size=(n, 10))
     y = (np.sin(x[:, 0]) + x[:, 1] * x[:, 2] + 0.3 * rng.normal(size=n) > 0).astype(np.int64)
     data = _table(x, y, "binary")
-    start = time.perf_counter()
     result = run_baselines(data)
-    seconds = time.perf_counter() - start
     found = _by_name(result)
     svm = found["rbf-svm"].params
     assert svm["fit_rows"] < min(SVM_MAX_ROWS, len(data.y_train)) + 1
     assert svm["fit_rows"] < len(data.y_train) and "subsample" in svm["note"]
     assert "one setting" in found["gradient-boosting"].params["grid"]
     assert result.name == "gradient-boosting"
-    # Generous for a shared 2-core machine; it takes about 5 s alone on one core.
-    assert seconds < 40
 
 
 def test_many_classes_subsample_the_boosting_and_record_it(monkeypatch: pytest.MonkeyPatch) -> None:
