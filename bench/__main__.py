@@ -1,7 +1,7 @@
 """`python -m bench [NAME ...]`: run the benchmarks one after another, each printing its table.
 
 Each benchmark is a script of its own (run it directly for its options); this runner only saves
-typing `make bench`. Names: training, quality, pipeline, scoring, serving, soak.
+typing `make bench`. Names: training, quality, baselines, pipeline, scoring, serving, soak.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "training": "bench_training.py",
     "quality": "quality.py",
+    "baselines": "bench_baselines.py",
     "pipeline": "bench_pipeline.py",
     "scoring": "bench_scoring.py",
     "serving": "bench_serving.py",
