@@ -90,6 +90,36 @@ def slow_model(matmuls: int = 60) -> onnx.ModelProto:
     return model
 
 
+#: What one call of the slow model should cost on one core: queue, cancellation and shutdown
+#: tests reason in multiples of it.
+SLOW_CALL_S = 0.1
+
+
+def calibrated_slow_model() -> onnx.ModelProto:
+    """``slow_model`` with as many products as make one call take ~SLOW_CALL_S on this CPU.
+
+    A fixed count made a call 25-100 ms depending on the machine, and on a fast one a queue of
+    abandoned calls drained before a cancellation could reach it. Never fewer than the default.
+    """
+    import onnxruntime as ort
+
+    probe_matmuls = 20
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        slow_model(probe_matmuls).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    x = np.ones((1, 4), dtype=np.float32)
+    session.run(None, {"input": x})
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    per_matmul = sorted(times)[len(times) // 2] / probe_matmuls
+    return slow_model(max(60, round(SLOW_CALL_S / per_matmul)))
+
+
 def write_models(root: Path, models: dict[str, onnx.ModelProto]) -> Path:
     """Write ``{name: model}`` as version 1 of each under ``root``."""
     for name, model in models.items():
@@ -102,7 +132,7 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository with the slow model (``slow``) and the fast classifier."""
     return write_models(
         tmp_path_factory.mktemp("slow-repo"),
-        {"slow": slow_model(), "classifier": onnx_models.classifier()},
+        {"slow": calibrated_slow_model(), "classifier": onnx_models.classifier()},
     )
 
 
