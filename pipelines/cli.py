@@ -209,6 +209,15 @@ TiedOption = Annotated[
         rich_help_panel=ARCHITECTURE,
     ),
 ]
+PointerOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--pointer/--no-pointer",
+        help="lstm/gru on text: a pointer cache that can copy a word seen in the window.",
+        show_default=PER_DATA,
+        rich_help_panel=ARCHITECTURE,
+    ),
+]
 
 
 def _spec_from(kind: str, options: dict[str, Any]) -> Any:
@@ -407,6 +416,7 @@ def train(
     augment: AugmentOption = None,
     embed: EmbedOption = None,
     tied: TiedOption = None,
+    pointer: PointerOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Registered model name.", show_default="<data set>-<kind>"),
@@ -476,6 +486,7 @@ def compare(
     augment: AugmentOption = None,
     embed: EmbedOption = None,
     tied: TiedOption = None,
+    pointer: PointerOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Experiment (model) name.", show_default="<data set>-<kind>"),

@@ -32,6 +32,7 @@ FIELD_INPUTS: dict[str, tuple[str, ...]] = {
     "augment": ("image",),
     "embed": ("text",),
     "tied": ("text",),
+    "pointer": ("text",),
 }
 
 
@@ -69,6 +70,7 @@ class TrainSpec:
     augment: bool | None = None  # CNN random affine augmentation
     embed: int | None = None  # text RNN embedding size
     tied: bool | None = None  # text RNN: output layer shares the embedding's weights
+    pointer: bool | None = None  # text RNN: a cache that can copy a word from the window
 
     def validate(self) -> None:
         """Raise ``SpecError`` naming the first field that cannot work and what it accepts.
@@ -134,7 +136,7 @@ class TrainSpec:
             _nonnegative_float("dropout", self.dropout)
             if self.dropout >= 1:
                 raise SpecError(f"dropout must be in [0, 1), e.g. 0.2; got {self.dropout!r}")
-        for name in ("batch_norm", "augment", "tied"):
+        for name in ("batch_norm", "augment", "tied", "pointer"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise SpecError(f"{name} must be true or false; got {value!r}")
@@ -207,7 +209,7 @@ class TrainSpec:
 _INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit", "kernel", "embed"}
 _FLOAT_FIELDS = {"lr", "weight_decay", "dropout"}
 _SIZES_FIELDS = {"hidden", "conv", "dense"}
-_BOOL_FIELDS = {"batch_norm", "augment", "tied"}
+_BOOL_FIELDS = {"batch_norm", "augment", "tied", "pointer"}
 _CHOICES = {
     "optimizer": OPTIMIZERS,
     "activation": ACTIVATIONS,

@@ -244,8 +244,8 @@ def test_a_kernel_larger_than_the_image_names_the_flag(home: Path) -> None:
             {"data": "digits", "batch_norm": False, "augment": True, "pool": "none", "kernel": 5},
         ),
         (
-            ["train", "gru", "--data", "pydoc-text", "--embed", "48", "--no-tied"],
-            {"embed": 48, "tied": False, "hidden": None, "dropout": None},
+            ["train", "gru", "--data", "pydoc-text", "--embed", "48", "--no-tied", "--no-pointer"],
+            {"embed": 48, "tied": False, "pointer": False, "hidden": None, "dropout": None},
         ),
         (
             ["train", "fnn", "--optimizer", "adamw", "--weight-decay", "0.01"],

@@ -124,6 +124,7 @@ def test_every_spec_field_but_the_frame_is_variable() -> None:
         "augment": ("yes,no", [True, False]),
         "embed": ("16,32", [16, 32]),
         "tied": ("true,false", [True, False]),
+        "pointer": ("false,true", [False, True]),
     }
     assert set(samples) == set(compare.VARYABLE)
     # An architecture field varies on a family it shapes (the spec rejects it elsewhere).

@@ -148,6 +148,7 @@ _SHAPED_BY = {"image": ("cnn", "digits"), "table": ("fnn", "wine"), "text": ("ls
         ("batch_norm", "false", False),
         ("augment", "yes", True),
         ("tied", "on", True),
+        ("pointer", "off", False),
         ("pool", "none", "none"),  # a choice named none: no pooling, not the default
         ("schedule", "cosine", "cosine"),
         ("schedule", "none", None),

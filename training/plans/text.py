@@ -60,7 +60,9 @@ def plan(spec: TrainSpec, data: DataSplit) -> Plan:
     config = TextRNNConfig(
         cell=spec.kind,
         vocab_size=vocab,
-        **overrides(spec, hidden="hidden", dropout="dropout", embed="embed", tied="tied"),
+        **overrides(
+            spec, hidden="hidden", dropout="dropout", embed="embed", tied="tied", pointer="pointer"
+        ),
     )
     net = TextRNN(config)
     if UNIGRAM_BIAS:
