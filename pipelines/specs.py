@@ -8,7 +8,6 @@ every run and model version as the ``neuroserve.spec`` tag.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,6 @@ def default_model_name(kind: str, data: str) -> str:
         stem = path.stem if path.suffix else path.name
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.")
     return f"{safe or 'data'}-{kind}"
-
-
-#: Spec fields that hold layer sizes (tuples of ints).
-SIZES_FIELDS: frozenset[str] = frozenset(
-    f.name for f in fields(training.TrainSpec) if "tuple" in str(f.type)
-)
 
 
 def flag(field: str) -> str:
@@ -50,8 +43,8 @@ def build_spec(kind: str, data: str, **options: Any) -> training.TrainSpec:
     """
     typed = {k: v for k, v in options.items() if v is not None}
     clean = dict(typed)
-    for name in SIZES_FIELDS & clean.keys():
-        if not isinstance(clean[name], tuple):
+    for name in training.spec.SIZES_FIELDS:
+        if name in clean and not isinstance(clean[name], tuple):
             clean[name] = training.spec.parse_sizes(flag(name), clean[name])
     base = training.TrainSpec(kind=kind, data=data)
     try:

@@ -85,8 +85,9 @@ class _Schedule:
     """The learning rate per step: constant, cosine to zero over all epochs, or halve on plateau.
 
     Cosine runs over the configured epochs, so early stopping cuts it short rather than
-    stretching it; plateau halves the rate after ``max(2, patience // 2)`` epochs without a
-    better monitored value, so it acts before early stopping gives up.
+    stretching it; plateau halves the rate after ``plateau_patience`` (at least 2) epochs
+    without a better monitored value, so at the default early-stopping patience of 5 it acts
+    before early stopping gives up.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: LoopConfig, steps: int) -> None:

@@ -81,6 +81,7 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
     spec.validate()
     spec = spec.resolved()
     assert spec.epochs is not None and spec.batch_size is not None and spec.lr is not None
+    assert spec.weight_decay is not None and spec.schedule is not None
     data = load_dataset(spec)
     torch.manual_seed(spec.seed)
     plan = make_plan(spec, data)
@@ -103,9 +104,9 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         lr=spec.lr,
         optimizer=spec.optimizer,
         seed=spec.seed,
-        weight_decay=spec.weight_decay or 0.0,
+        weight_decay=spec.weight_decay,
         grad_clip=plan.grad_clip,
-        schedule=spec.schedule or "constant",
+        schedule=spec.schedule,
         shuffle=plan.shuffle,
         monitor=monitor,
         higher_is_better=mon_higher,

@@ -15,7 +15,16 @@ from typing import Any
 from training.catalog import BUILTIN_DATASETS, KIND_INPUTS, KINDS, defaults_for, input_kind_of
 from training.errors import SpecError
 
-__all__ = ["ACTIVATIONS", "OPTIMIZERS", "POOLS", "SCHEDULES", "TrainSpec", "parse_sizes"]
+__all__ = [
+    "ACTIVATIONS",
+    "CHOICES",
+    "OPTIMIZERS",
+    "POOLS",
+    "SCHEDULES",
+    "SIZES_FIELDS",
+    "TrainSpec",
+    "parse_sizes",
+]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid")
@@ -105,14 +114,8 @@ class TrainSpec:
             or self.lr <= 0
         ):
             raise SpecError(f"lr must be a positive number, e.g. 0.001; got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise SpecError(
-                f"unknown optimizer {self.optimizer!r}; expected one of: {', '.join(OPTIMIZERS)}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise SpecError(
-                f"unknown activation {self.activation!r}; expected one of: {', '.join(ACTIVATIONS)}"
-            )
+        for name, choices in CHOICES.items():
+            _choice(name, getattr(self, name), choices)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise SpecError(f"seed must be a non-negative integer; got {self.seed!r}")
         _positive_int("window", self.window)
@@ -126,9 +129,7 @@ class TrainSpec:
         if self.target is not None and (not isinstance(self.target, str) or not self.target):
             raise SpecError(f"target must be a column name; got {self.target!r}")
         _nonnegative_float("weight_decay", self.weight_decay)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("pool", self.pool, POOLS)
-        for name in ("hidden", "conv", "dense"):
+        for name in SIZES_FIELDS:
             _sizes(name, getattr(self, name))
         _positive_int("kernel", self.kernel)
         _positive_int("embed", self.embed)
@@ -136,7 +137,7 @@ class TrainSpec:
             _nonnegative_float("dropout", self.dropout)
             if self.dropout >= 1:
                 raise SpecError(f"dropout must be in [0, 1), e.g. 0.2; got {self.dropout!r}")
-        for name in ("batch_norm", "augment", "tied", "pointer"):
+        for name in _BOOL_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise SpecError(f"{name} must be true or false; got {value!r}")
@@ -208,9 +209,11 @@ class TrainSpec:
 
 _INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit", "kernel", "embed"}
 _FLOAT_FIELDS = {"lr", "weight_decay", "dropout"}
-_SIZES_FIELDS = {"hidden", "conv", "dense"}
-_BOOL_FIELDS = {"batch_norm", "augment", "tied", "pointer"}
-_CHOICES = {
+#: Fields holding layer sizes (tuples of ints); the CLI parses their text the same way.
+SIZES_FIELDS: tuple[str, ...] = ("hidden", "conv", "dense")
+_BOOL_FIELDS = ("batch_norm", "augment", "tied", "pointer")
+#: Fields whose value is one of a fixed tuple; ``validate`` and text coercion both use it.
+CHOICES = {
     "optimizer": OPTIMIZERS,
     "activation": ACTIVATIONS,
     "schedule": SCHEDULES,
@@ -242,14 +245,14 @@ def parse_sizes(name: str, value: Any) -> tuple[int, ...]:
 
 def _coerce(name: str, value: Any) -> Any:
     """Turn text from a CLI or a metadata store into the field's type; leave the rest as is."""
-    if name in _SIZES_FIELDS and value is not None and not isinstance(value, tuple):
+    if name in SIZES_FIELDS and value is not None and not isinstance(value, tuple):
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
             return None
         return parse_sizes(name, value)
     if value is None or not isinstance(value, str):
         return value
     text = value.strip()
-    if text in _CHOICES.get(name, ()):  # pool "none" is a choice (no pooling), not the default
+    if text in CHOICES.get(name, ()):  # pool "none" is a choice (no pooling), not the default
         return text
     if text.lower() in ("", "none", "null"):
         return None
