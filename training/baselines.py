@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from training.autoregression import Autoregression
 from training.data import DataSplit
 from training.metrics import evaluate, primary_metric
 from training.ngram import KneserNey
@@ -703,36 +704,25 @@ def _autoregression(data: DataSplit, *, differences: bool) -> Candidate:
     """
     start = time.perf_counter()
     scorer = _Scorer(data, data.y_val)
-
-    def design(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-        v = x[:, :, 0].astype(np.float64)
-        last = v[:, -1]
-        lags = np.diff(v, axis=1) if differences else v
-        cols = lags[:, lags.shape[1] - p :] if p else lags[:, :0]
-        return np.column_stack([np.ones(len(v)), cols]), last
-
-    def target(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        y = y.astype(np.float64)
-        return y - x[:, -1, 0].astype(np.float64) if differences else y
-
-    def predict(coef: np.ndarray, x: np.ndarray, p: int) -> np.ndarray:
-        a, last = design(x, p)
-        out = a @ coef
-        return (out + last if differences else out)[:, None]
+    path = "differences" if differences else "levels"
 
     def fit(p: int) -> tuple[Any, tuple[float, float | None]]:
-        a, _ = design(data.x_train, p)
-        coef, *_ = np.linalg.lstsq(a, target(data.x_train, data.y_train), rcond=None)
-        return coef, scorer(predict(coef, data.x_val, p))
+        model = Autoregression.fit(data.x_train, data.y_train, path, p)
+        return model, scorer(model.predict(data.x_val)[:, None])
 
     window = data.x_train.shape[1]
     max_p = min(window - 1 if differences else window, max(len(data.y_train) - 2, 0))
     orders = range(0 if differences else 1, max_p + 1)
-    p, coef, score = _grid(list(orders) or [0], fit, scorer)
+    p, model, score = _grid(list(orders) or [0], fit, scorer)
     name = "ar-differences" if differences else "ar-levels"
     params = {"order": p, "fit": "least squares with intercept", "orders_tried": len(orders)}
     return _candidate(
-        name, data, start, val_score=score, test_output=predict(coef, data.x_test, p), params=params
+        name,
+        data,
+        start,
+        val_score=score,
+        test_output=model.predict(data.x_test)[:, None],
+        params=params,
     )
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from training import TrainSpec, export_onnx, train
+from training.autoregression import least_squares
 from training.data import DataSplit, load_dataset
 from training.models import RNNConfig, SeriesRNN
-from training.models.rnn import SeriesScales, least_squares
+from training.models.rnn import SeriesScales
 from training.plans.series import resolve
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.autoregression import least_squares, to_work
+
 __all__ = [
     "LINEAR_PATHS",
     "TRANSFORMS",
@@ -92,16 +94,6 @@ def _spread(values: np.ndarray) -> float:
     """Standard deviation, or 1 where it is zero (a constant stretch must not divide by 0)."""
     s = float(np.std(values)) if len(values) else 0.0
     return s if s > 1e-12 else 1.0
-
-
-def to_work(values: np.ndarray, transform: str) -> np.ndarray:
-    """Raw values -> the working scale, in numpy (the graph's ``SeriesRNN`` does the same)."""
-    return np.sqrt(np.clip(values, 0.0, None)) if transform == "sqrt" else values
-
-
-def from_work(values: np.ndarray, transform: str) -> np.ndarray:
-    """The working scale -> raw values, in numpy."""
-    return np.square(np.clip(values, 0.0, None)) if transform == "sqrt" else values
 
 
 class Stacked(nn.Module):
@@ -240,14 +232,6 @@ class SeriesRNN(nn.Module):
         rate = LINEAR_RATE
         self.ar.weight.copy_(torch.from_numpy(coef[1:]).float()[None, :] / rate)
         self.ar.bias.copy_(torch.from_numpy(coef[:1]).float() / rate)
-
-
-def least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[intercept, coefficients...]`` of ``b ~ a`` by least squares (minimum norm if rank
-    deficient, e.g. a constant stretch)."""
-    design = np.column_stack([np.ones(len(a)), a])
-    coef, *_ = np.linalg.lstsq(design, b, rcond=None)
-    return np.asarray(coef, dtype=np.float64)
 
 
 class SeriesStep(nn.Module):

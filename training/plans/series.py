@@ -18,9 +18,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from training.autoregression import Autoregression
 from training.data import DataSplit
 from training.models import Predictor, RNNConfig, SeriesRNN
-from training.models.rnn import SeriesScales, SeriesStep, from_work, least_squares, to_work
+from training.models.rnn import SeriesScales, SeriesStep
 from training.plans import Plan, mse, overrides
 from training.spec import TrainSpec
 
@@ -112,22 +113,10 @@ def _linear_errors(
     max_order = window - 1 if path == "differences" else window
     orders = [min(order, max_order)] if order is not None else _orders(max_order)
 
-    def lags(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        v = to_work(x[:, :, 0].astype(np.float64), transform)
-        return (np.diff(v, axis=1) if path == "differences" else v), v[:, -1]
-
-    a_train, last_train = lags(data.x_train)
-    a_val, last_val = lags(data.x_val)
-    target = to_work(data.y_train.astype(np.float64), transform)
-    if path == "differences":
-        target = target - last_train
     y_val = data.y_val.astype(np.float64)
     for p in orders:
-        coef = least_squares(a_train[:, -p:], target)
-        pred = coef[0] + a_val[:, -p:] @ coef[1:]
-        if path == "differences":
-            pred = pred + last_val
-        yield p, float(np.mean((from_work(pred, transform) - y_val) ** 2))
+        model = Autoregression.fit(data.x_train, data.y_train, path, p, transform)
+        yield p, float(np.mean((model.predict(data.x_val) - y_val) ** 2))
 
 
 def _orders(max_order: int) -> list[int]:
