@@ -46,7 +46,7 @@ from serving_cnn import cnn_path  # noqa: E402
 
 from serving._proto import grpc_service_pb2 as pb  # noqa: E402
 from serving._proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from serving.codecs import encode_inputs  # noqa: E402
+from serving.client import encode_inputs  # noqa: E402
 from serving.runtime import OnnxModel  # noqa: E402
 
 MODEL = "mnist-cnn"

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from serving._proto import grpc_service_pb2 as pb  # noqa: E402
-from serving.codecs import encode_inputs  # noqa: E402
+from serving.client import encode_inputs  # noqa: E402
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 READY_METHOD = "/inference.GRPCInferenceService/ServerReady"

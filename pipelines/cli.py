@@ -1,4 +1,4 @@
-"""`neuroserve`: one console command, a subcommand per job (DESIGN.md, "Commands").
+"""`neuroserve`: one console command, a subcommand per job (docs/design.md, "Commands").
 
 Importing this module is cheap on purpose: typer, rich and the spec's own choices
 (``training.spec`` and ``training.catalog``, which import nothing heavy), so help texts and

@@ -2,8 +2,9 @@
 
 When a token is configured, every RPC must carry ``authorization: Bearer <token>`` metadata,
 except the ones a load balancer or orchestrator probes without credentials: the grpc.health.v1
-service and ServerLive. Anything else without the right token is refused with UNAUTHENTICATED
-before it reaches a servicer. Tokens are compared in constant time.
+service and ServerLive. Anything else without the right token is refused with
+``UnauthenticatedError`` (its status decided in serving/status.py) before it reaches a servicer.
+Tokens are compared in constant time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import grpc
+
+from serving.errors import ServingError, UnauthenticatedError
+from serving.status import abort
 
 OPEN_METHODS: Final = frozenset(
     {
@@ -24,12 +28,14 @@ OPEN_METHODS: Final = frozenset(
 )
 
 
-def _deny_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _deny_handler(handler: grpc.RpcMethodHandler, error: ServingError) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind that ends the call with ``error``'s status."""
+
     async def abort_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, error)
 
     async def abort_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, error)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort_stream)
@@ -60,9 +66,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get("authorization", "")
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
+        if token_matches(given_bytes, self._expected):
             return handler
-        problem = "missing" if not given else "invalid"
-        return _deny_handler(
-            handler, f"{problem} bearer token: send metadata 'authorization: Bearer <token>'"
-        )
+        return _deny_handler(handler, token_error(bool(given)))
+
+
+def token_error(given: bool) -> UnauthenticatedError:
+    """The refusal for a call without the right token (shared by every transport)."""
+    problem = "invalid" if given else "missing"
+    return UnauthenticatedError(
+        f"{problem} bearer token: send header 'authorization: Bearer <token>'"
+    )
+
+
+def token_matches(given: bytes, expected: bytes) -> bool:
+    """Constant-time comparison, so response timing reveals nothing about the token."""
+    return hmac.compare_digest(given, expected)

@@ -1,23 +1,30 @@
-"""Dynamic batching: gather concurrent requests for one model version into one session call.
+"""Dynamic batching, and the one place that decides how a request is executed.
 
-One ``Batcher`` per loaded model version, one consumer task per batcher, one future per request
-(after MLServer's ``batching/adaptive.py``). The consumer takes the oldest request plus whatever
-has already arrived, waits at most ``max_queue_delay_us`` after that request *arrived* for more
-(0, the default as in Triton, never waits: requests arriving while a batch computes form the next
-batch), stops early at ``max_batch_size`` or a preferred size, runs one session call and splits
-the result. Only requests with the same signature (input dtypes and non-batch dims) are merged;
-others wait for the next batch.
+One ``Batcher`` per loaded model version. :meth:`Batcher.infer` is the only entrance, and it picks
+one of three routes:
 
-Alone, a request skips the queue: while requests come one at a time (each arriving after the
-previous one finished), the session computes on the event loop and no queue delay is set, the
-batcher runs them straight away like an unbatched server, saving the queue's loop turns (~25 µs
-at one caller). The first request that arrives while another one was being computed switches the
-queue on; sixteen batches in a row of one request switch it off again.
+* **now** (a shortcut, on with ``fast_paths``): the session computes on the event loop (tiny
+  models, see serving/runtime.py), nothing is queued or running, and the request is alone -- it
+  runs on the caller's stack straight away, like an unbatched server, without the queue's loop
+  turns. "Alone" means the model is in *solo* mode: the first request that arrives while another
+  one was being computed (or within ``SOLO_GAP_NS`` of it finishing) switches the queue on, and
+  ``SOLO_AFTER`` batches in a row of one request switch it off again. Only where no queue delay
+  is configured: a lone request would not wait anyway.
+* **direct**: batching is off for this model (disabled, not batchable, ``max_batch_size`` 1): the
+  request runs alone through ``runtime.predict``.
+* **queued**: one consumer task per batcher, one future per request (after MLServer's
+  ``batching/adaptive.py``). The consumer takes the oldest request plus whatever has already
+  arrived, waits at most ``max_queue_delay_us`` after that request *arrived* for more (0, the
+  default as in Triton, never waits: requests arriving while a batch computes form the next
+  batch), stops early at ``max_batch_size`` or a preferred size, runs one session call and splits
+  the result. Only requests with the same signature (input dtypes and non-batch dims) are merged;
+  others wait for the next batch.
 
-Failure is per batch: if the session raises, every request in that batch fails with the error and
-the batcher keeps going. The queue is bounded; a full queue refuses new requests at once
-(``QueueFullError`` -> RESOURCE_EXHAUSTED) instead of letting latency grow without bound.
-Requests whose deadline passed while queued are failed without being computed.
+Every route records its executions here (statistics and the batch-size metric); the data plane
+records the request. Failure is per request: if a merged batch's session call raises, each of its
+requests is run again alone, so only the culprit fails. The queue is bounded; a full queue refuses
+new requests at once (``QueueFullError`` -> RESOURCE_EXHAUSTED) instead of letting latency grow
+without bound. Requests whose deadline passed while queued are failed without being computed.
 """
 
 from __future__ import annotations
@@ -56,13 +63,13 @@ class BatchingConfig:
     max_queue_delay_us: int = 500
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
+    fast_paths: bool = True  # the *now* route (see the module docstring)
 
 
-#: A request arriving sooner than this after the previous one finished was waiting for it.
-#: One caller's next request comes a network round trip later (>= 250 µs here, the echo floor's
-#: own latency); a waiting request is dispatched within ~100-150 µs even on this busy 2-core
-#: machine (100 µs proved too tight). Only an unusually slow host would see every gap under load
-#: above it, and then requests run as if unbatched.
+#: A request arriving sooner than this after the previous one finished was waiting for it: one
+#: caller's next request comes at least a network round trip later, while a request that was
+#: already waiting is dispatched within a fraction of that. Only an unusually slow host would see
+#: every gap under load above it, and then requests run as if unbatched.
 SOLO_GAP_NS = 200_000
 #: Batches in a row of one request after which requests skip the queue again.
 SOLO_AFTER = 16
@@ -79,7 +86,7 @@ class _Item:
 
 
 class Batcher:
-    """Queue + consumer for one model version; ``submit`` returns (outputs, queue time ns)."""
+    """The routes of one model version's requests; ``infer`` is the way in."""
 
     def __init__(
         self,
@@ -97,9 +104,11 @@ class Batcher:
         self._closed = False
         self._direct_inflight = 0
         self._batching = config.enabled and runtime.batchable and config.max_batch_size > 1
-        self._solo = True  # requests skip the queue (see the module docstring)
+        self._solo = True  # lone requests take the *now* route (see the module docstring)
         # Only where a lone request would not wait anyway: no queue delay to honour.
-        self._may_skip_queue = config.max_queue_delay_us == 0
+        self._may_run_now = config.fast_paths and (
+            not self._batching or config.max_queue_delay_us == 0
+        )
         self._solo_done_ns = 0  # when the last solo request finished
         self._singles = 0  # batches in a row that held one request
         self._task: asyncio.Task[None] | None = None
@@ -118,29 +127,26 @@ class Batcher:
         """Requests waiting (batching) or running (no batching)."""
         return len(self._pending) + self._direct_inflight
 
-    async def submit(
+    async def infer(
         self,
         feeds: Mapping[str, np.ndarray],
         batch_size: int,
         signature: tuple[Any, ...] = (),
         deadline: float | None = None,
     ) -> tuple[dict[str, np.ndarray], int]:
-        """Run one request's feeds (merged with others when batching); deadline: loop time."""
+        """Run one request's feeds by the route the module docstring describes.
+
+        Returns the outputs and the time the request waited in the queue (ns, 0 off the queue);
+        ``deadline`` is in event-loop time.
+        """
         if self.queued >= self.config.max_queue_size:
             raise QueueFullError(self.runtime.name, self.config.max_queue_size)
+        if self._may_run_now and self.runtime.computes_inline:
+            if self._runs_now():
+                return self._run_now(feeds, batch_size), 0
+            self._solo = False  # it would have waited for the last one: queue from now on
         if not self._batching:
-            return await self._direct(feeds, batch_size)
-        if (
-            self._solo
-            and not self._pending
-            and self._may_skip_queue
-            and self.runtime.computes_inline
-        ):
-            ran = self.run_now(feeds, batch_size)
-            if ran is not None:
-                asyncio.get_running_loop().call_soon(self.record_direct, batch_size, ran[1])
-                return ran[0], 0
-            self._solo = False  # this one waited while the last one computed: queue from now
+            return await self._direct(feeds, batch_size), 0
         future: asyncio.Future[tuple[dict[str, np.ndarray], int]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -148,37 +154,30 @@ class Batcher:
         self._wakeup.set()
         return await future
 
-    def run_now(
-        self, feeds: Mapping[str, np.ndarray], batch_size: int
-    ) -> tuple[dict[str, np.ndarray], int] | None:
-        """Compute now, on the caller's stack, if the request would not wait for anything.
+    def _runs_now(self) -> bool:
+        """Nothing queued or running, and (when batching) the model is in solo mode."""
+        if self._pending or self._direct_inflight:
+            return False
+        return not self._batching or (
+            self._solo and time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS
+        )
 
-        That is the case when the session computes inline and the request would take the
-        direct path: no batching, or batching in solo mode with nothing queued. Returns the
-        outputs and the session time (ns), already recorded as one execution; None means
-        "use :meth:`submit`", which decides exactly as before. Saves the two coroutine frames
-        and the loop callbacks of the awaited path on every lone request.
-        """
-        runtime = self.runtime
-        if not runtime.computes_inline or self._pending or self._direct_inflight:
-            return None
-        if self._batching and not (
-            self._solo
-            and self._may_skip_queue
-            and time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS
-        ):
-            return None
+    def _run_now(self, feeds: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+        """The *now* route: compute on this stack, record the execution after the answer."""
         try:
-            return runtime.run_inline(feeds)
+            outputs, infer_ns = self.runtime.run_inline(feeds)
         except Exception as exc:
             raise self._failure(exc) from exc
         finally:
             if self._batching:
                 self._solo_done_ns = time.perf_counter_ns()
+        asyncio.get_running_loop().call_soon(self._record_alone, batch_size, infer_ns)
+        return outputs
 
     async def _direct(
         self, feeds: Mapping[str, np.ndarray], batch_size: int
-    ) -> tuple[dict[str, np.ndarray], int]:
+    ) -> dict[str, np.ndarray]:
+        """The *direct* route: batching is off, so the request runs alone."""
         self._direct_inflight += 1
         try:
             start = time.perf_counter_ns()
@@ -186,15 +185,16 @@ class Batcher:
                 outputs = await self.runtime.predict(feeds)
             except Exception as exc:
                 raise self._failure(exc) from exc
-            infer_ns = time.perf_counter_ns() - start
             # Off the caller's latency: recorded once the answer is on its way.
-            asyncio.get_running_loop().call_soon(self.record_direct, batch_size, infer_ns)
-            return outputs, 0
+            asyncio.get_running_loop().call_soon(
+                self._record_alone, batch_size, time.perf_counter_ns() - start
+            )
+            return outputs
         finally:
             self._direct_inflight -= 1
 
-    def record_direct(self, batch_size: int, infer_ns: int) -> None:
-        """One unbatched execution (also what :meth:`run_now`'s caller records)."""
+    def _record_alone(self, batch_size: int, infer_ns: int) -> None:
+        """One execution of one request (the *now* and *direct* routes)."""
         self.stats.record_execution(batch_size, 1, 0, infer_ns, 0)
         if self.observer:
             self.observer.observe_batch(self.runtime.name, batch_size, infer_ns / 1e9)
@@ -247,7 +247,7 @@ class Batcher:
                 continue
             # Loop turns let requests that already arrived join this batch without waiting for
             # a timer (the event loop's timers resolve to ~1 ms, far above compute times). A
-            # call reaches submit() a few turns after its bytes arrive. When the session runs
+            # call reaches infer() a few turns after its bytes arrive. When the session runs
             # on the compute thread, requests keep arriving while it computes; when it runs
             # inline it blocks the loop, so keep turning while each turn still brings requests
             # in (never once the batch is full): one turn alone left batches of ~2 at 32

@@ -133,6 +133,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         type=int,
         help="run session calls faster than this on the event loop; 0 never (150)",
     )
+    add(
+        "--no-fast-paths",
+        dest="fast_paths",
+        action="store_false",
+        help="turn every request-path shortcut off (serving/README.md); for checks and bisecting",
+    )
     add("--log-level", dest="log_level", help="INFO, DEBUG, WARNING ...")
     return p  # fmt: skip
 

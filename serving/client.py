@@ -18,9 +18,51 @@ import numpy as np
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
-from serving.codecs import CLASSIFICATION, decode_outputs, encode_inputs
-from serving.datatypes import NUMPY_OF
+from serving.codecs import CLASSIFICATION, CONTENTS_FIELD, set_typed
+from serving.datatypes import NUMPY_OF, datatype_of
 from serving.settings import DEFAULT_MAX_MESSAGE_BYTES
+from serving.wire import deserialize_bytes_tensor, serialize_bytes_tensor
+
+
+def encode_inputs(
+    request: pb.ModelInferRequest, inputs: Mapping[str, np.ndarray], raw: bool = True
+) -> pb.ModelInferRequest:
+    """Add numpy inputs to a request (raw by default; typed with ``raw=False``)."""
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in {"U", "S"}:
+            array = array.astype(object)
+        datatype = datatype_of(array)
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if raw or datatype == "FP16":
+            if datatype == "BYTES":
+                request.raw_input_contents.append(serialize_bytes_tensor(array))
+            else:
+                request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        else:
+            set_typed(tensor.contents, datatype, array)
+    return request
+
+
+def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Return ``{name: array}`` from a response in either encoding."""
+    result: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, tensor in enumerate(response.outputs):
+        shape = list(tensor.shape)
+        if i < len(raw):
+            if tensor.datatype == "BYTES":
+                result[tensor.name] = np.array(
+                    deserialize_bytes_tensor(raw[i]), dtype=object
+                ).reshape(shape)
+            else:
+                dtype = NUMPY_OF[tensor.datatype]
+                result[tensor.name] = np.frombuffer(raw[i], dtype=dtype).reshape(shape)
+        else:
+            values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
+            dtype = NUMPY_OF[tensor.datatype]
+            result[tensor.name] = np.array(list(values), dtype=dtype).reshape(shape)
+    return result
 
 
 class ClientError(Exception):

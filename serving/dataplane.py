@@ -1,9 +1,12 @@
-"""The server's domain operations, one method per RPC, free of gRPC transport concerns.
+"""The server's domain operations, one method per protocol call, free of any transport.
 
-The servicer (serving/servicer.py) only unpacks the call and hands it here; every rule (which
-version serves, what is ready, how statistics and configs look) lives in this module, the codecs
-and the repository. Methods return protobuf messages because the messages *are* the protocol's
-data model; nothing here touches a gRPC context.
+The gRPC servicer (serving/servicer.py) and the REST adapter (serving/http.py) only read their
+framing, call here and write their framing; every rule (which version serves, what is ready, how
+statistics and configs look) lives in this module, the codecs and the repository. Methods take
+and return protobuf messages because the messages *are* the protocol's data model (KServe v2
+defines its JSON by the same fields); nothing here touches a gRPC context or an HTTP request.
+
+:meth:`DataPlane.infer` is the one request path; serving/README.md walks through its routes.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from typing import Final, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from serving import status
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
-from serving.codecs import (
-    DecodedRequest,
-    decode_request,
-    encode_response,
-    encode_response_bytes,
-)
+from serving.codecs import Answer, DecodedRequest, decode_request
 from serving.datatypes import CONFIG_TYPE
-from serving.errors import ServerUnavailableError, ServingError
+from serving.errors import (
+    MODEL_INFER,
+    UNDECODABLE,
+    MalformedRequestError,
+    ServerUnavailableError,
+    ServingError,
+)
 from serving.metrics import ServerMetrics
 from serving.repository import READY, Repository, ServedVersion
 from serving.runtime import TensorSpec
@@ -34,9 +40,8 @@ from serving.templates import RequestTemplates
 
 PLATFORM: Final = "onnxruntime_onnx"
 
-#: What :meth:`DataPlane._infer` answers with: the response message, or its serialized bytes
-#: (``encode_response`` / ``encode_response_bytes``, which share one signature).
-R = TypeVar("R", pb.ModelInferResponse, bytes)
+#: What a transport's answer writer returns (bytes for gRPC, a response for HTTP).
+T = TypeVar("T")
 
 #: Protocol extensions this server implements (reported by ServerMetadata).
 EXTENSIONS: Final = (
@@ -80,6 +85,7 @@ class DataPlane:
         self.started = False
         self.shutting_down = False
         self.version = _server_version()
+        self.fast_paths = settings.fast_paths
         self.templates = RequestTemplates()
 
     # ------------------------------------------------------------------ health
@@ -180,102 +186,83 @@ class DataPlane:
 
     # ------------------------------------------------------------------ inference
     async def infer(
-        self, request: pb.ModelInferRequest, timeout: float | None = None
-    ) -> pb.ModelInferResponse:
-        """Validate, queue (maybe batch), run and encode one request."""
-        self._check_ready()
-        start = time.perf_counter_ns()
-        return await self._infer_parsed(request, None, start, timeout, encode_response)
+        self,
+        request: pb.ModelInferRequest | bytes,
+        write: Callable[[Answer], T],
+        timeout: float | None = None,
+    ) -> T:
+        """Decode, execute and answer one request: the one path every transport calls.
 
-    async def infer_raw(self, raw: bytes, timeout: float | None = None) -> bytes:
-        """:meth:`infer` from the request's bytes to the response's bytes (the unary hot path).
-
-        A request in a layout already validated skips parsing and validation (see
-        serving/templates.py). Raises protobuf's ``DecodeError`` for bytes that do not parse.
+        ``request`` is a parsed message, or a serialized ``ModelInferRequest`` (gRPC's own
+        bytes, which a learned template may take without parsing). ``write`` turns the answer
+        into the transport's framing; it runs here so its cost and failures count as the
+        request's. Raises a ``ServingError`` (or ``CancelledError``) the transport maps to a
+        status with serving/status.py.
         """
         self._check_ready()
         start = time.perf_counter_ns()
-        hit = self.templates.match(raw)
-        if hit is not None:
-            template, decoded = hit
-            served = template.served
-            entry = self.repository.models.get(served.name)
-            if entry is not None and entry.current is served:
-                return await self._infer(
-                    served, decoded, "", True, start, timeout, encode_response_bytes
-                )
-        request = pb.ModelInferRequest.FromString(raw)
-        return await self._infer_parsed(request, raw, start, timeout, encode_response_bytes)
-
-    async def _infer_parsed(
-        self,
-        request: pb.ModelInferRequest,
-        raw: bytes | None,
-        start: int,
-        timeout: float | None,
-        encode: Callable[..., R],
-    ) -> R:
-        """Validate a parsed request, learn its layout when its bytes are given, then infer."""
-        served = self.repository.get(request.model_name, request.model_version)
-        try:
-            decoded = decode_request(request, served.signature)
-        except BaseException as exc:
-            self._record(served, False, start, None, exc)
-            raise
-        if raw is not None:
-            self.templates.learn(raw, request, decoded, served)
-        return await self._infer(
-            served, decoded, request.id, decoded.raw or not request.inputs, start, timeout, encode
-        )
-
-    async def _infer(  # noqa: PLR0917 - one request's parts, passed straight through
-        self,
-        served: ServedVersion,
-        decoded: DecodedRequest,
-        request_id: str,
-        raw: bool,
-        start: int,
-        timeout: float | None,
-        encode: Callable[..., R],
-    ) -> R:
-        sig = served.signature
+        served, decoded, request_id = self._decode(request, start)
         loop = asyncio.get_running_loop()
         queue_ns: int | None = None
         served.acquire()
         try:
-            # A request that would not wait for anything runs here and now (Batcher.run_now).
-            ran = served.batcher.run_now(decoded.feeds, decoded.batch_size)
-            if ran is None:
-                deadline = None if timeout is None else loop.time() + timeout
-                outputs, queue_ns = await served.batcher.submit(
-                    decoded.feeds, decoded.batch_size, decoded.signature, deadline
+            outputs, queue_ns = await served.batcher.infer(
+                decoded.feeds,
+                decoded.batch_size,
+                decoded.signature,
+                None if timeout is None else loop.time() + timeout,
+            )
+            answer = write(
+                Answer(
+                    served.signature,
+                    served.version,
+                    request_id,
+                    outputs,
+                    decoded.requested,
+                    typed=not decoded.raw,
                 )
-            else:
-                outputs, infer_ns = ran
-                queue_ns = 0
-            response = encode(
-                sig, served.version, request_id=request_id, outputs=outputs,
-                requested=decoded.requested, raw=raw,
-            )  # fmt: skip
+            )
         except BaseException as exc:
             self._record(served, False, start, queue_ns, exc)
             raise
         finally:
             served.release()
         # Counted after the answer is on its way: bookkeeping is off the caller's latency.
-        end = time.perf_counter_ns()
-        if ran is None:
-            loop.call_soon(self._record, served, True, start, queue_ns, None, end)
-        else:
-            loop.call_soon(self._record_now, served, decoded.batch_size, infer_ns, start, end)
-        return response
+        loop.call_soon(self._record, served, True, start, queue_ns, None, time.perf_counter_ns())
+        return answer
 
-    def _record_now(
-        self, served: ServedVersion, batch_size: int, infer_ns: int, start: int, end: int
-    ) -> None:
-        """Bookkeeping for a request computed by ``Batcher.run_now``: its execution, then it."""
-        served.batcher.record_direct(batch_size, infer_ns)
-        self._record(served, True, start, 0, None, end)
+    def _decode(
+        self, request: pb.ModelInferRequest | bytes, start: int
+    ) -> tuple[ServedVersion, DecodedRequest, str]:
+        """The serving version, the validated request and its id.
+
+        Bytes in a layout already validated skip parsing and validation (serving/templates.py,
+        a ``fast_paths`` shortcut) as long as the version they were validated against still
+        serves; anything else is parsed and checked in full.
+        """
+        raw: bytes | None = None
+        if isinstance(request, bytes):
+            raw = request
+            if self.fast_paths:
+                hit = self.templates.match(raw)
+                if hit is not None:
+                    served = hit[0].served
+                    entry = self.repository.models.get(served.name)
+                    if entry is not None and entry.current is served:
+                        return served, hit[1], ""
+            try:
+                request = pb.ModelInferRequest.FromString(raw)
+            except DecodeError as exc:
+                raise MalformedRequestError(UNDECODABLE.format(MODEL_INFER)) from exc
+        served = self.repository.get(request.model_name, request.model_version)
+        try:
+            decoded = decode_request(request, served.signature, self.fast_paths)
+        except BaseException as exc:
+            self._record(served, False, start, None, exc)
+            raise
+        if raw is not None and self.fast_paths:
+            self.templates.learn(raw, request, decoded, served)
+        return served, decoded, request.id
 
     def _record(  # noqa: PLR0917 - loop.call_soon passes arguments positionally
         self,
@@ -292,12 +279,10 @@ class DataPlane:
             stats.record_request(ok, total, queue_ns)
         if ok:
             code = "OK"
-        elif isinstance(exc, asyncio.CancelledError):
-            code = "CANCELLED"
-        elif isinstance(exc, ServingError):
-            code = status.status_of(exc)[0].name
+        elif isinstance(exc, ServingError | asyncio.CancelledError):
+            code = status.status_of(exc).label
         else:
-            code = "INTERNAL"
+            code = "INTERNAL"  # status_of would log it a second time; the transport logs it
         self.metrics.observe_request(
             served.name, code, total / 1e9, None if queue_ns is None else queue_ns / 1e9
         )

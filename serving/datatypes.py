@@ -26,6 +26,11 @@ NUMPY_OF: Final[dict[str, np.dtype]] = {
     "BYTES": np.dtype(object),
 }
 
+#: Wire dtypes (raw contents are little-endian), built once instead of per request.
+LITTLE_ENDIAN: Final[dict[str, np.dtype]] = {
+    name: dtype.newbyteorder("<") for name, dtype in NUMPY_OF.items()
+}
+
 #: ONNX Runtime's type strings (``NodeArg.type``) -> KServe datatype.
 FROM_ONNX: Final[dict[str, str]] = {
     "tensor(bool)": "BOOL",

@@ -1,10 +1,11 @@
 """Every error the serving package raises on purpose, rooted at ``ServingError``.
 
-Hierarchy (the gRPC status each maps to is decided in exactly one place, ``serving/status.py``)::
+Hierarchy (the gRPC and HTTP status each maps to is decided in one place, ``serving/status.py``)::
 
     ServingError
     ├── InvalidInputError          a request that can never succeed as sent (shape, datatype, bytes)
-    │   └── InvalidNameError       a model/version name that could escape the repository
+    │   ├── InvalidNameError       a model/version name that could escape the repository
+    │   └── MalformedRequestError  bytes or JSON that do not parse as the message they claim to be
     ├── ModelNotFoundError         no such model
     ├── VersionNotFoundError       model exists, version is not loaded
     ├── ModelUnavailableError      model known but not ready (loading, failed, unloaded)
@@ -12,7 +13,7 @@ Hierarchy (the gRPC status each maps to is decided in exactly one place, ``servi
     ├── QueueFullError             the model's batch queue is at its bound
     ├── DeadlineExceededError      the caller's deadline passed before the work ran
     ├── UnauthenticatedError       missing or wrong bearer token
-    ├── ModelLoadError        a model file could not be loaded
+    ├── ModelLoadError             a model file could not be loaded
     └── InferenceFailedError       the engine raised on a valid request
 
 Messages name the model, the tensor, what was expected and what came, so the caller can fix the
@@ -69,6 +70,21 @@ class InvalidNameError(InvalidInputError):
             "'.'; versions are positive integers",
         )
         self.model = value
+        self.tensor = None
+
+
+#: The gRPC method whose unparseable bytes most callers send; the decode guard names any method.
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+#: What a caller hears when its request bytes do not parse.
+UNDECODABLE = "request bytes are not a valid protobuf message for {}"
+
+
+class MalformedRequestError(InvalidInputError):
+    """The request's framing itself is broken: undecodable protobuf, invalid JSON, a short body."""
+
+    def __init__(self, problem: str) -> None:
+        ServingError.__init__(self, problem)
+        self.model = ""
         self.tensor = None
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from serving.batching import Batcher, BatchingConfig, BatchObserver
-from serving.codecs import ModelSignature, Tokenizer
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -30,8 +29,10 @@ from serving.errors import (
 from serving.logs import log_event
 from serving.runtime import OnnxRuntimeModel, TensorSpec
 from serving.settings import Settings
+from serving.signature import ModelSignature
 from serving.sources import Candidate, ModelSource, validate_model_name
 from serving.statistics import ModelStats
+from serving.tokenizer import Tokenizer
 
 READY: Final = "READY"
 LOADING: Final = "LOADING"
@@ -164,6 +165,7 @@ class Repository:
             max_queue_delay_us=settings.max_queue_delay_us,
             preferred_batch_sizes=tuple(settings.preferred_batch_sizes),
             max_queue_size=settings.max_queue_size,
+            fast_paths=settings.fast_paths,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -245,7 +247,8 @@ class Repository:
                 intra_op_threads=self.settings.resolved_intra_op_threads(),
                 inter_op_threads=self.settings.inter_op_threads,
                 warmup=self.settings.warmup,
-                inline_compute_us=self.settings.inline_compute_us,
+                # Computing on the event loop is a shortcut too: fast_paths off keeps it off.
+                inline_compute_us=self.settings.inline_compute_us * self.settings.fast_paths,
             )
             await runtime.load()
             if not runtime.inputs or not runtime.outputs:

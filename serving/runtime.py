@@ -165,8 +165,8 @@ class OnnxModel:
         self._use_io_binding = CUDA in self.providers or TENSORRT in self.providers
         # On the CPU, ``InferenceSession.run`` only re-checks in Python what the codecs have
         # already checked (input names) and adds a GPU-provider fallback that cannot apply;
-        # its binding (the long-standing ``_sess``) does the work. ~5 µs per call in the
-        # server. The public method stays the path anywhere else, or if the binding moves.
+        # its binding (the long-standing ``_sess``) does the work, skipping that overhead on
+        # every call. The public method stays the path anywhere else, or if the binding moves.
         binding: Any = getattr(self.session, "_sess", None)
         cpu_only = self.providers == ["CPUExecutionProvider"]
         self._run: Callable[..., list[Any]] = (
@@ -401,10 +401,11 @@ class OnnxRuntimeModel(ModelRuntime):
     ) -> dict[str, np.ndarray]:
         """Run the session on the compute thread, or inline when calls are known to be tiny.
 
-        Handing a call to a thread and back costs roughly 100 µs of Python overhead; for models
-        whose calls take less than ``inline_compute_us`` that hop costs more than it saves, so
-        they run on the event loop thread (blocking it only that briefly). With one usable core
-        calls up to 3 ms run inline (the thread could not run alongside the loop anyway).
+        Handing a call to a thread and back costs Python overhead of its own; for models whose
+        calls take less than ``inline_compute_us`` that hop costs more than it saves, so they run
+        on the event loop thread (blocking it only that briefly). With one usable core calls up
+        to ``SINGLE_CORE_INLINE_NS`` run inline (the thread could not run alongside the loop
+        anyway). With ``fast_paths`` off the threshold is 0: every call takes the thread.
         """
         if self._compute_ns < self._inline_ns:
             return self.run_inline(feeds, output_names)[0]

@@ -1,8 +1,13 @@
-"""The gRPC servicer: proto in -> data plane call -> proto out, nothing else.
+"""The gRPC adapter: read gRPC's framing, call the data plane, write gRPC's framing.
 
-No rules live here; errors become statuses in ``serving/status.py``. The only logic is the
+No rules live here; every error becomes its status in ``serving/status.py``. The only logic is the
 transport's own: reading the caller's deadline, and reporting streaming errors in-band (the stream
 stays open after a bad request, as Triton's does).
+
+ModelInfer and ModelStreamInfer are registered bytes-in, bytes-out (see ``raw_handlers``): the
+data plane takes the request's bytes (a learned layout skips parsing) and
+:class:`~serving.codecs.ResponseWriter` writes the answer's bytes, so no message is built for the
+common request on either RPC.
 """
 
 # ruff: noqa: N802  (method names are fixed by the proto service)
@@ -11,16 +16,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
+from serving.codecs import ResponseWriter
 from serving.dataplane import DataPlane
-from serving.status import grpc_errors, status_of, stream_error_message
+from serving.errors import MODEL_INFER
+from serving.status import abort, grpc_errors, stream_error_message
+from serving.wire import stream_frame
 
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-#: What a caller hears when its request bytes do not parse (shared with server.py's guard).
-UNDECODABLE = "request bytes are not a valid protobuf message for {}"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -28,6 +33,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
+        self.writer = ResponseWriter(fast=dataplane.fast_paths)
+
+    def raw_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The inference RPCs as bytes-in, bytes-out handlers (no protobuf (de)serializers)."""
+        return {
+            MODEL_INFER: grpc.unary_unary_rpc_method_handler(self.infer_bytes),
+            MODEL_STREAM_INFER: grpc.stream_stream_rpc_method_handler(self.stream_infer_bytes),
+        }
 
     @grpc_errors
     async def ServerLive(
@@ -67,48 +80,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         return self.dataplane.model_config(request.name, request.version)
 
-    @grpc_errors
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
-        return await self.dataplane.infer(request, context.time_remaining())
-
     async def infer_bytes(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """ModelInfer from the wire's bytes to the wire's bytes, in one coroutine.
-
-        The server routes ModelInfer here instead of through :meth:`ModelInfer`: parsing,
-        error mapping and serialising in one frame saves the two wrapper coroutines (decode
-        guard, ``grpc_errors``) every request would otherwise pass through, and lets the data
-        plane skip parsing for request layouts it has seen. Same statuses, same messages.
-        """
+        """ModelInfer: the request's bytes to the response's bytes, in one coroutine."""
         try:
-            return await self.dataplane.infer_raw(raw, context.time_remaining())
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE.format(MODEL_INFER))
+            return await self.dataplane.infer(raw, self.writer.write, context.time_remaining())
         except Exception as exc:
-            code, message = status_of(exc)
-            await context.abort(code, message)
+            await abort(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
-    async def ModelStreamInfer(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
+    async def stream_infer_bytes(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: each request's bytes to its ``ModelStreamInferResponse`` bytes.
+
+        Requests on one stream are answered in order; a failed one is answered in-band with
+        its status and the stream goes on.
+        """
+        write = self.writer.write
+        async for raw in requests:
             try:
-                response = await self.dataplane.infer(request, context.time_remaining())
-            except Exception as exc:  # reported in-band; the stream goes on
-                yield pb.ModelStreamInferResponse(
-                    error_message=stream_error_message(exc),
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
-                )
+                body = await self.dataplane.infer(raw, write, context.time_remaining())
+            except Exception as exc:
+                yield _stream_error(raw, exc).SerializeToString()
             else:
-                yield pb.ModelStreamInferResponse(infer_response=response)
+                yield stream_frame(body)
 
     @grpc_errors
     async def ModelStatistics(
@@ -135,3 +130,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _stream_error(raw: bytes, exc: Exception) -> pb.ModelStreamInferResponse:
+    """The in-band answer to a failed stream request, naming it as far as its bytes parse."""
+    try:
+        request = pb.ModelInferRequest.FromString(raw)
+    except Exception:  # the error itself says the bytes do not parse
+        request = pb.ModelInferRequest()
+    return pb.ModelStreamInferResponse(
+        error_message=stream_error_message(exc),
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )

@@ -149,10 +149,16 @@ class Settings(BaseSettings):
 
     inline_compute_us: int = 150
     """Session calls measured faster than this (µs, moving average) run on the event loop
-    instead of the compute thread: for tiny models the thread hand-off (~100 µs of Python
-    overhead) costs more than it saves. A process limited to one core (e.g. by ``taskset``) runs
+    instead of the compute thread: for tiny models the thread hand-off (Python overhead on both
+    sides) costs more than it saves. A process limited to one core (e.g. by ``taskset``) runs
     calls up to 3 ms inline, since the thread could not overlap the loop. 0 always uses the
     compute thread."""
+
+    fast_paths: bool = True
+    """The request path's shortcuts: learned request templates, the one-input fast decoder,
+    computing tiny models on the event loop, running a lone request at once, and the cached
+    response header (serving/README.md lists them). Off, every request takes the plain path;
+    answers and statuses are the same either way, which the tests check."""
 
     warmup: bool = True
     """Run one dummy batch through each new session before it takes traffic, so the first real

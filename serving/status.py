@@ -1,15 +1,18 @@
-"""The one place that maps serving errors to gRPC status codes.
+"""The one place that decides what status every error gets, on every transport.
 
-Servicer methods are wrapped with ``grpc_errors``; known ``ServingError`` subclasses become their
-status with the error's message, anything else becomes INTERNAL and is logged with its traceback
-(the caller gets a generic message, never a stack trace).
+Known ``ServingError`` subclasses map to a gRPC status code; the HTTP status follows from the
+gRPC code by Triton's own table, so the two transports can never disagree. Anything else is
+INTERNAL and is logged with its traceback (the caller gets a generic message, never a stack trace).
+The servicer, the gRPC decode guard, authentication and the REST adapter all ask here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -18,7 +21,8 @@ from serving import errors
 
 logger = logging.getLogger("serving")
 
-STATUS_OF: Final[dict[type[errors.ServingError], grpc.StatusCode]] = {
+#: Error class -> gRPC status. The most specific class in an error's MRO wins.
+GRPC_CODE: Final[dict[type[errors.ServingError], grpc.StatusCode]] = {
     errors.InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.VersionNotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -31,21 +35,65 @@ STATUS_OF: Final[dict[type[errors.ServingError], grpc.StatusCode]] = {
     errors.InferenceFailedError: grpc.StatusCode.INTERNAL,
 }
 
+#: gRPC status -> HTTP status, as Triton's HTTP front end maps them.
+HTTP_STATUS: Final[dict[grpc.StatusCode, int]] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+}
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Return (status code, message) for an exception; unknown ones are INTERNAL and logged."""
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What a caller is told about a failed request, in both transports' terms."""
+
+    code: grpc.StatusCode
+    message: str
+
+    @property
+    def http(self) -> int:
+        """The HTTP status for this gRPC code (500 for any code Triton does not map)."""
+        return HTTP_STATUS.get(self.code, 500)
+
+    @property
+    def label(self) -> str:
+        """The code's name, as metrics and in-band stream errors show it."""
+        return self.code.name
+
+
+def status_of(exc: BaseException) -> Status:
+    """The status for an exception; unknown ones are INTERNAL and logged with a traceback."""
     if isinstance(exc, errors.ServingError):
         for cls in type(exc).__mro__:
-            if cls in STATUS_OF:
-                return STATUS_OF[cls], str(exc)
-        return grpc.StatusCode.INTERNAL, str(exc)
+            code = GRPC_CODE.get(cls)
+            if code is not None:
+                return Status(code, str(exc))
+        return Status(grpc.StatusCode.INTERNAL, str(exc))
+    if isinstance(exc, asyncio.CancelledError):
+        return Status(grpc.StatusCode.CANCELLED, "request cancelled")
     logger.error("event=unhandled_error type=%s", type(exc).__name__, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
+    return Status(
+        grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
+    )
 
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End a gRPC call with the status ``exc`` maps to (``context.abort`` raises)."""
+    status = status_of(exc)
+    await context.abort(status.code, status.message)
 
 
 def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -55,11 +103,8 @@ def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
             return await method(self, request, context)
-        except errors.ServingError as exc:
-            code, message = status_of(exc)
-        except Exception as exc:  # every unknown failure still becomes a clean status
-            code, message = status_of(exc)
-        await context.abort(code, message)
+        except Exception as exc:  # every failure becomes a clean status
+            await abort(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -67,8 +112,5 @@ def grpc_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def stream_error_message(exc: BaseException) -> str:
     """Render an error for ModelStreamInfer, which reports errors in-band per request."""
-    code, message = status_of(exc)
-    return f"[{code.name}] {message}"
-
-
-__all__ = ["STATUS_OF", "AsyncIterator", "grpc_errors", "status_of", "stream_error_message"]
+    status = status_of(exc)
+    return f"[{status.label}] {status.message}"

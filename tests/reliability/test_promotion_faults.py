@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from tests.reliability.conftest import LogCollector, wait_until
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread, make_settings

@@ -96,10 +96,14 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return onnx_models.write_repository(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="session")
-def server(model_repo: Path) -> Iterator[ServerThread]:
-    """The shared in-process server (directory source, batching on)."""
-    thread = ServerThread(make_settings(model_repo, max_message_bytes=8 * 1024 * 1024)).start()
+@pytest.fixture(scope="session", params=[True, False], ids=["fast-paths", "plain-path"])
+def server(model_repo: Path, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """The shared in-process server (directory source, batching on), once with the request
+    path's shortcuts and once without: every test using it checks a shortcut against the
+    plain path it must agree with."""
+    thread = ServerThread(
+        make_settings(model_repo, max_message_bytes=8 * 1024 * 1024, fast_paths=request.param)
+    ).start()
     yield thread
     thread.stop()
 

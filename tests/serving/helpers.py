@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from serving._proto import grpc_service_pb2 as pb
-from serving.codecs import encode_inputs
+from serving.client import encode_inputs
 
 
 def infer_request(

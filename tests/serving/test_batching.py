@@ -17,7 +17,7 @@ from serving import batching
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.batching import Batcher, BatchingConfig
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from serving.errors import DeadlineExceededError, InferenceFailedError, QueueFullError
 from serving.merging import merge, split
 from serving.runtime import ModelRuntime, OnnxModel, TensorSpec
@@ -116,7 +116,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
     async def scenario():
         runtime = FakeRuntime()
         batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=50_000)
-        results = await asyncio.gather(*(batcher.submit(_x(i), 1) for i in range(10)))
+        results = await asyncio.gather(*(batcher.infer(_x(i), 1) for i in range(10)))
         await batcher.close()
         return runtime, results, batcher.stats
 
@@ -134,7 +134,7 @@ def test_batches_respect_max_batch_size_and_preferred_sizes():
     async def scenario(**config):
         runtime = FakeRuntime(delay=0.01)
         batcher = _batcher(runtime, max_queue_delay_us=50_000, **config)
-        await asyncio.gather(*(batcher.submit(_x(i, 2), 2) for i in range(7)))
+        await asyncio.gather(*(batcher.infer(_x(i, 2), 2) for i in range(7)))
         await batcher.close()
         return runtime.calls
 
@@ -150,10 +150,10 @@ def test_failed_batch_fails_every_request_and_the_next_batch_works():
         runtime = FakeRuntime(fail=True)
         batcher = _batcher(runtime, max_batch_size=8, max_queue_delay_us=20_000)
         results = await asyncio.gather(
-            *(batcher.submit(_x(i), 1) for i in range(4)), return_exceptions=True
+            *(batcher.infer(_x(i), 1) for i in range(4)), return_exceptions=True
         )
         runtime.fail = False
-        after = await batcher.submit(_x(5), 1)
+        after = await batcher.infer(_x(5), 1)
         await batcher.close()
         return results, after
 
@@ -175,7 +175,7 @@ def test_one_poisoned_request_does_not_fail_its_batch_mates():
         runtime = Picky()
         batcher = _batcher(runtime, max_batch_size=8, max_queue_delay_us=20_000)
         results = await asyncio.gather(
-            *(batcher.submit(_x(i if i != 2 else -1), 1) for i in range(4)),
+            *(batcher.infer(_x(i if i != 2 else -1), 1) for i in range(4)),
             return_exceptions=True,
         )
         await batcher.close()
@@ -193,7 +193,7 @@ def test_bounded_queue_refuses_with_queue_full():
         runtime = FakeRuntime(delay=0.05)
         batcher = _batcher(runtime, max_batch_size=2, max_queue_delay_us=0, max_queue_size=3)
         results = await asyncio.gather(
-            *(batcher.submit(_x(i), 1) for i in range(8)), return_exceptions=True
+            *(batcher.infer(_x(i), 1) for i in range(8)), return_exceptions=True
         )
         await batcher.close()
         return results
@@ -210,9 +210,9 @@ def test_requests_past_their_deadline_are_not_computed():
         runtime = FakeRuntime(delay=0.1)
         batcher = _batcher(runtime, max_batch_size=2, max_queue_delay_us=0)
         loop = asyncio.get_running_loop()
-        first = asyncio.create_task(batcher.submit(_x(1, 2), 2))
+        first = asyncio.create_task(batcher.infer(_x(1, 2), 2))
         await asyncio.sleep(0.01)
-        late = batcher.submit(_x(2), 1, deadline=loop.time() + 0.02)
+        late = batcher.infer(_x(2), 1, deadline=loop.time() + 0.02)
         result = await asyncio.gather(first, late, return_exceptions=True)
         await batcher.close()
         return runtime.calls, result
@@ -228,9 +228,9 @@ def test_different_signatures_are_not_merged():
         batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=20_000)
         a = {"x": np.ones((1, 2), np.float32)}
         await asyncio.gather(
-            batcher.submit(a, 1, signature=("short",)),
-            batcher.submit(a, 1, signature=("long",)),
-            batcher.submit(a, 1, signature=("short",)),
+            batcher.infer(a, 1, signature=("short",)),
+            batcher.infer(a, 1, signature=("long",)),
+            batcher.infer(a, 1, signature=("short",)),
         )
         await batcher.close()
         return runtime.calls
@@ -290,20 +290,20 @@ def test_requests_one_at_a_time_skip_the_queue_until_two_meet():
         runtime = InlineRuntime()
         batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0)
         for i in range(3):  # one caller: each request arrives after the last one finished
-            outputs, queue_ns = await batcher.submit(_x(i), 1)
+            outputs, queue_ns = await batcher.infer(_x(i), 1)
             np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 2 * i))
             assert queue_ns == 0
             await asyncio.sleep(0.002)
         solo_calls = list(runtime.calls)
         # Ten callers at once: the first runs alone, the nine that waited meanwhile batch.
-        results = await asyncio.gather(*(batcher.submit(_x(i), 1) for i in range(10)))
+        results = await asyncio.gather(*(batcher.infer(_x(i), 1) for i in range(10)))
         burst_calls = runtime.calls[len(solo_calls) :]
         for i, (outputs, _) in enumerate(results):
             np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 2 * i))
         # Back to one caller: after 16 batches of one request the queue is skipped again.
         for i in range(20):
             await asyncio.sleep(0.0005)
-            await batcher.submit(_x(i), 1)
+            await batcher.infer(_x(i), 1)
         await batcher.close()
         return solo_calls, burst_calls, batcher
 
@@ -314,7 +314,7 @@ def test_requests_one_at_a_time_skip_the_queue_until_two_meet():
     assert batcher.stats.inference_count == 33
 
 
-def test_run_now_computes_a_lone_request_and_declines_whenever_it_would_have_to_wait(
+def test_now_route_takes_a_lone_request_and_never_one_that_would_wait(
     monkeypatch: pytest.MonkeyPatch,
 ):
     gap = 10**10  # 10 s: the test decides what "just finished" means, not the machine's speed
@@ -324,28 +324,46 @@ def test_run_now_computes_a_lone_request_and_declines_whenever_it_would_have_to_
         runtime = InlineRuntime()
         batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0)
         batcher._solo_done_ns = time.perf_counter_ns() - 2 * gap  # nothing ran for a while
-        outputs, infer_ns = batcher.run_now(_x(3), 1)
+        assert batcher._runs_now()
+        outputs, queue_ns = await batcher.infer(_x(3), 1)
         np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 6))
-        # Right after a request finished, the next one may be part of a burst: queue it.
-        assert batcher.run_now(_x(4), 1) is None
+        assert queue_ns == 0
+        # Right after a request finished, the next one may be part of a burst: not now.
+        assert not batcher._runs_now()
         batcher._solo_done_ns -= 2 * gap
-        assert batcher.run_now(_x(5), 1) is not None
+        assert batcher._runs_now()
         # Something queued: a new request waits its turn behind it.
         batcher._solo = False
-        pending = asyncio.ensure_future(batcher.submit(_x(6), 1))
+        pending = asyncio.ensure_future(batcher.infer(_x(6), 1))
         await asyncio.sleep(0)
-        assert batcher.run_now(_x(7), 1) is None
+        assert not batcher._runs_now()
         await pending
-        # A delay to honour (max_queue_delay_us > 0) or a session on its thread: never now.
-        assert _batcher(InlineRuntime(), max_queue_delay_us=100).run_now(_x(1), 1) is None
-        assert _batcher(FakeRuntime(), max_queue_delay_us=0).run_now(_x(1), 1) is None
+        # A delay to honour (max_queue_delay_us > 0) or fast_paths off: the route is closed.
+        assert not _batcher(InlineRuntime(), max_queue_delay_us=100)._may_run_now
+        assert not _batcher(InlineRuntime(), max_queue_delay_us=0, fast_paths=False)._may_run_now
         # No batching at all: computed now too, and failures name the model.
         plain = _batcher(InlineRuntime(fail=True), enabled=False)
         with pytest.raises(InferenceFailedError, match="engine exploded"):
-            plain.run_now(_x(1), 1)
+            await plain.infer(_x(1), 1)
         await batcher.close()
-        return infer_ns, runtime.calls
+        await asyncio.sleep(0)  # the now route records its execution after the answer
+        return batcher, runtime.calls
 
-    infer_ns, calls = asyncio.run(scenario())
-    assert infer_ns == 1000
-    assert calls == [1, 1, 1]
+    batcher, calls = asyncio.run(scenario())
+    assert calls == [1, 1]
+    assert batcher.stats.execution_count == 2
+
+
+def test_fast_paths_off_queues_even_a_lone_request():
+    async def scenario():
+        runtime = InlineRuntime()
+        batcher = _batcher(runtime, max_batch_size=16, max_queue_delay_us=0, fast_paths=False)
+        outputs, _ = await batcher.infer(_x(2), 1)
+        np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 4))
+        queued = batcher._singles == 1  # only a batch run by the queue's consumer counts one
+        await batcher.close()
+        return queued, batcher.stats.execution_count
+
+    queued, executions = asyncio.run(scenario())
+    assert queued
+    assert executions == 1

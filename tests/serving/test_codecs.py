@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 from serving._proto import grpc_service_pb2 as pb
+from serving.client import encode_inputs
 from serving.codecs import (
     CLASSIFICATION,
-    ModelSignature,
-    RequestedOutput,
+    Answer,
+    ResponseWriter,
     _decode_fast,
     _decode_full,
     decode_request,
-    encode_inputs,
-    encode_response,
-    encode_response_bytes,
+    response_message,
 )
 from serving.errors import InvalidInputError
 from serving.runtime import OnnxModel
+from serving.signature import ModelSignature, RequestedOutput
 from tests.serving import onnx_models
 
 MAX_BATCH = 8
@@ -138,38 +138,38 @@ def test_models_outside_the_fast_shape_have_no_fast_path(tmp_path: Path, build: 
 
 
 @pytest.mark.parametrize("request_id", ["", "req-7"])
-@pytest.mark.parametrize("raw", [True, False])
+@pytest.mark.parametrize("typed", [False, True])
 @pytest.mark.parametrize("top", [0, 2])
 def test_response_bytes_parse_to_the_response_message(
-    tmp_path: Path, request_id: str, raw: bool, top: int
+    tmp_path: Path, request_id: str, typed: bool, top: int
 ) -> None:
     sig = _signature(tmp_path, onnx_models.two_in_two_out, "two-io")
+    writer = ResponseWriter()
     rng = np.random.default_rng(top)
-    for batch in (1, 3, 3):  # the repeated shape reuses the cached header
+    for batch in (1, 3, 3):  # a repeated shape would reuse a cached header
         outputs = {s.name: rng.normal(size=(batch, 2)).astype(np.float32) for s in sig.outputs}
         requested = [RequestedOutput(s.name, top) for s in reversed(sig.outputs)]
-        args = {"request_id": request_id, "outputs": outputs, "requested": requested, "raw": raw}
-        message = encode_response(sig, "4", **args)  # type: ignore[arg-type]
-        wire = encode_response_bytes(sig, "4", **args)  # type: ignore[arg-type]
-        assert pb.ModelInferResponse.FromString(wire) == message
-    assert not sig.response_headers  # two outputs: the ordinary path
+        answer = Answer(sig, "4", request_id, outputs, requested, typed)
+        assert pb.ModelInferResponse.FromString(writer.write(answer)) == response_message(answer)
+    assert len(writer) == 0  # two outputs: the ordinary path
 
 
 @pytest.mark.parametrize("request_id", ["", "req-7"])
-def test_one_output_response_reuses_its_header(tmp_path: Path, request_id: str) -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_one_output_response_reuses_its_header(tmp_path: Path, request_id: str, fast: bool) -> None:
     sig = _signature(tmp_path, onnx_models.image, "image")
+    writer = ResponseWriter(fast=fast)
     for batch in (1, 3, 3, 1):
         outputs = {"output": np.random.default_rng(batch).random((batch, 2), np.float32)}
-        args = {"request_id": request_id, "outputs": outputs, "requested": sig.all_outputs}
-        wire = encode_response_bytes(sig, "2", **args)  # type: ignore[arg-type]
-        assert pb.ModelInferResponse.FromString(wire) == encode_response(sig, "2", **args)  # type: ignore[arg-type]
-    assert len(sig.response_headers) == 2  # batch 1 and batch 3
+        answer = Answer(sig, "2", request_id, outputs, sig.all_outputs)
+        assert pb.ModelInferResponse.FromString(writer.write(answer)) == response_message(answer)
+    assert len(writer) == (2 if fast else 0)  # batch 1 and batch 3, only as a shortcut
 
 
 def test_bytes_outputs_are_encoded_whole(tmp_path: Path) -> None:
     sig = _signature(tmp_path, onnx_models.dtypes, "dtypes")
+    writer = ResponseWriter()
     outputs = {"y_bytes": np.array([[b"a", b"bc"]], dtype=object)}
-    args = {"request_id": "x", "outputs": outputs, "requested": [RequestedOutput("y_bytes")]}
-    wire = encode_response_bytes(sig, "1", **args)  # type: ignore[arg-type]
-    assert pb.ModelInferResponse.FromString(wire) == encode_response(sig, "1", **args)  # type: ignore[arg-type]
-    assert not sig.response_headers
+    answer = Answer(sig, "1", "x", outputs, [RequestedOutput("y_bytes")])
+    assert pb.ModelInferResponse.FromString(writer.write(answer)) == response_message(answer)
+    assert len(writer) == 0

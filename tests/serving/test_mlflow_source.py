@@ -8,7 +8,7 @@ import pytest
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread, make_settings
 from tests.serving.helpers import infer_request

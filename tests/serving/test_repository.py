@@ -12,7 +12,7 @@ import pytest
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from serving.errors import InvalidNameError
 from serving.sources import DirectorySource, validate_model_name, validate_version
 from tests.serving import onnx_models

@@ -7,7 +7,7 @@ import pytest
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from tests.serving import onnx_models
 from tests.serving.helpers import infer_request
 

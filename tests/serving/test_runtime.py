@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 
 from serving import runtime
-from serving.codecs import (
-    Tokenizer,
-    classify,
-    deserialize_bytes_tensor,
-    serialize_bytes_tensor,
-)
+from serving.codecs import classify
 from serving.runtime import OnnxModel, select_providers
+from serving.tokenizer import Tokenizer
+from serving.wire import deserialize_bytes_tensor, serialize_bytes_tensor
 from tests.serving import onnx_models
 
 

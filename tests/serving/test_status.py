@@ -8,13 +8,14 @@ import grpc
 import pytest
 
 from serving import errors
-from serving.status import STATUS_OF, status_of
+from serving.status import GRPC_CODE, status_of
 
 
 @pytest.mark.parametrize(
     ("exc", "code"),
     [
         (errors.InvalidInputError("m", "bad", tensor="t", expected=1, got=2), "INVALID_ARGUMENT"),
+        (errors.MalformedRequestError("not JSON"), "INVALID_ARGUMENT"),
         (errors.InvalidNameError("model name", "../x"), "INVALID_ARGUMENT"),
         (errors.ModelNotFoundError("m", ["a"]), "NOT_FOUND"),
         (errors.VersionNotFoundError("m", "7", ["1"]), "NOT_FOUND"),
@@ -27,9 +28,26 @@ from serving.status import STATUS_OF, status_of
     ],
 )
 def test_each_error_has_its_status(exc, code):
-    got, message = status_of(exc)
-    assert got.name == code
-    assert message == str(exc)
+    status = status_of(exc)
+    assert status.code.name == code
+    assert status.message == str(exc)
+
+
+@pytest.mark.parametrize(
+    ("exc", "http"),
+    [  # Triton's HTTP mapping of each gRPC code the server uses
+        (errors.InvalidInputError("m", "bad"), 400),
+        (errors.ModelNotFoundError("m"), 404),
+        (errors.ServerUnavailableError("starting"), 503),
+        (errors.QueueFullError("m", 10), 429),
+        (errors.DeadlineExceededError("m"), 504),
+        (errors.UnauthenticatedError("no token"), 401),
+        (errors.InferenceFailedError("m", "1", "boom"), 500),
+        (RuntimeError("unexpected"), 500),
+    ],
+)
+def test_http_status_follows_the_grpc_code(exc, http):
+    assert status_of(exc).http == http
 
 
 def test_every_error_class_is_mapped():
@@ -41,7 +59,7 @@ def test_every_error_class_is_mapped():
     for cls in classes:
         if cls is errors.ServingError:
             continue
-        assert any(issubclass(cls, mapped) for mapped in STATUS_OF), cls
+        assert any(issubclass(cls, mapped) for mapped in GRPC_CODE), cls
 
 
 def test_messages_name_model_tensor_expected_and_got():
@@ -51,7 +69,7 @@ def test_messages_name_model_tensor_expected_and_got():
 
 def test_unknown_exception_is_internal_and_logged_with_traceback(caplog):
     with caplog.at_level(logging.ERROR, logger="serving"):
-        code, message = status_of(KeyError("secret internals"))
-    assert code == grpc.StatusCode.INTERNAL
-    assert "secret internals" not in message
+        status = status_of(KeyError("secret internals"))
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert "secret internals" not in status.message
     assert caplog.records[-1].exc_info is not None

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 
 from serving._proto import grpc_service_pb2 as pb
-from serving.codecs import decode_outputs
+from serving.client import decode_outputs
 from serving.templates import RequestTemplates
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread
 from tests.serving.helpers import infer_request
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+#: Templates are a fast_paths shortcut: these tests use the shared server with shortcuts on.
+pytestmark = pytest.mark.parametrize("server", [True], indirect=True, ids=["fast-paths"])
 Send = Callable[[bytes], pb.ModelInferResponse]
 
 

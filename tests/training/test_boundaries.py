@@ -1,4 +1,4 @@
-"""training/ must stay importable without Prefect, MLflow or gRPC (DESIGN.md layout rule)."""
+"""training/ must stay importable without Prefect, MLflow or gRPC (docs/design.md layout rule)."""
 
 from __future__ import annotations
 
