@@ -20,6 +20,8 @@ RNG = np.random.default_rng(0)
 CLASSIFIER_W = RNG.normal(size=(4, 3)).astype(np.float32)
 CLASSIFIER_B = RNG.normal(size=(3,)).astype(np.float32)
 REGRESSOR_W = RNG.normal(size=(3, 1)).astype(np.float32)
+#: The ``lookup`` model's table: row ``i`` is what index ``i`` answers.
+LOOKUP_TABLE = np.arange(8, dtype=np.float32).reshape(4, 2)
 
 
 def _model(
@@ -180,6 +182,27 @@ def fixed_shape() -> onnx.ModelProto:
     )
 
 
+def lookup() -> onnx.ModelProto:
+    """[batch, 1] INT64 row indices -> [batch, 2] FP32 rows of ``LOOKUP_TABLE``.
+
+    Every INT64 value decodes fine, but ONNX Runtime refuses an index outside -4..3 when the
+    Gather runs: a request that only the session can reject, by its values, so a test can put
+    it in a batch with good requests (the batcher's failure isolation).
+    """
+    return _model(
+        [
+            helper.make_node("Gather", ["T", "index"], ["rows"], axis=0),  # [b, 1, 2]
+            helper.make_node("Squeeze", ["rows", "axis1"], ["output"]),
+        ],
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [
+            numpy_helper.from_array(LOOKUP_TABLE, "T"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        ],
+    )
+
+
 ALL = {
     "classifier": classifier,
     "regressor": regressor,
@@ -189,6 +212,7 @@ ALL = {
     "dtypes": dtypes,
     "dtypes-typed": lambda: dtypes(fp16=False),
     "fixed": fixed_shape,
+    "lookup": lookup,
 }
 
 

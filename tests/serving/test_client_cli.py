@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -17,11 +20,12 @@ from serving.client import (
     Prediction,
 )
 from tests.serving import onnx_models
+from tests.serving.conftest import ServerThread
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
 
 
-def test_sync_client(server):
+def test_sync_client(server: ServerThread) -> None:
     with InferenceClient(server.address) as client:
         assert client.live() and client.ready() and client.model_ready("classifier")
         assert client.server_metadata().name == "neuroserve"
@@ -49,8 +53,8 @@ def test_sync_client(server):
             client.infer("classifier", {"input": np.ones((1, 7), np.float32)})
 
 
-def test_async_client(server):
-    async def scenario():
+def test_async_client(server: ServerThread) -> None:
+    async def scenario() -> tuple[list[np.ndarray], list[list[Prediction]]]:
         async with AsyncInferenceClient(server.address) as client:
             assert await client.ready()
             results = await asyncio.gather(*(client.predict("classifier", X) for _ in range(8)))
@@ -63,40 +67,110 @@ def test_async_client(server):
     assert top[0][0].label == "bright"
 
 
-def test_predict_cli_npy_csv_image_txt(server, tmp_path, capsys):
+# --------------------------------------------------------------------------- neuroserve predict
+# Each test feeds one file kind to ``predict`` and checks every printed value against ONNX
+# Runtime run directly on the same model file with the input the file should decode to.
+def _reference(model_repo: Path, model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's first output for ``feeds``, from onnxruntime on the served file."""
+    session = ort.InferenceSession(
+        str(model_repo / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return np.asarray(session.run(None, feeds)[0])
+
+
+def _printed_rows(out: str) -> list[tuple[int, int, str, int, float]]:
+    """The (example, rank, label, index, score) rows of the table ``predict`` prints."""
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("│"):
+            example, rank, label, index, score = (c.strip() for c in line.strip("│").split("│"))
+            rows.append((int(example), int(rank), label, int(index), float(score)))
+    assert rows, f"no table in the output:\n{out}"
+    return rows
+
+
+def _assert_top_k(out: str, probs: np.ndarray, labels: list[str], k: int) -> None:
+    """``out`` lists, per example, the ``k`` best classes of ``probs`` in order with their scores
+    (ties: the lower index first, the server's stable order), printed to 4 decimals."""
+    want = [
+        (i, rank, labels[c], int(c), float(row[c]))
+        for i, row in enumerate(probs)
+        for rank, c in enumerate(np.argsort(-row, kind="stable")[:k], 1)
+    ]
+    got = _printed_rows(out)
+    assert [r[:4] for r in got] == [r[:4] for r in want], out
+    np.testing.assert_allclose([r[4] for r in got], [r[4] for r in want], rtol=0, atol=6e-5)
+
+
+def test_predict_npy_prints_the_top_3_classes(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     npy = tmp_path / "x.npy"
     np.save(npy, X)
     assert predict_main(["classifier", "--input", str(npy), "--url", server.address]) == 0
-    out = capsys.readouterr().out
-    assert "setosa" in out or "versicolor" in out or "virginica" in out
+    probs = _reference(model_repo, "classifier", {"input": X})
+    _assert_top_k(capsys.readouterr().out, probs, onnx_models.CLASS_LABELS, k=3)
 
+
+def test_predict_csv_skips_the_header_and_honours_top_k(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     csv = tmp_path / "x.csv"
     csv.write_text("a,b,c,d\n" + "\n".join(",".join(str(v) for v in row) for row in X))
     assert predict_main(["classifier", "-i", str(csv), "-k", "1", "--url", server.address]) == 0
-    assert capsys.readouterr().out.count("1 ") >= 1
+    probs = _reference(model_repo, "classifier", {"input": X})
+    _assert_top_k(capsys.readouterr().out, probs, onnx_models.CLASS_LABELS, k=1)
 
-    png = tmp_path / "white.png"
-    Image.new("L", (16, 16), color=255).save(png)
+
+def test_predict_image_is_resized_to_the_model_input(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "grey.png"
+    Image.new("L", (16, 16), color=140).save(png)  # uniform: every 8x8 pixel stays 140
     assert predict_main(["image", "--input", str(png), "--url", server.address]) == 0
-    assert "bright" in capsys.readouterr().out
+    probs = _reference(model_repo, "image", {"input": np.full((1, 1, 8, 8), 140, np.float32)})
+    _assert_top_k(capsys.readouterr().out, probs, ["dark", "bright"], k=2)
 
+
+def test_predict_txt_tokenizes_each_line(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     txt = tmp_path / "t.txt"
     txt.write_text("the cat\nthe dog ran\n")
     argv = ["next-token", "--input", str(txt), "-k", "2", "--url", server.address]
     assert predict_main(argv) == 0
-    out = capsys.readouterr().out
-    assert "sat" in out
+    padded = [["<pad>", "the", "cat"], ["the", "dog", "ran"]]  # left-padded to one length
+    ids = [[onnx_models.VOCAB.index(token) for token in line] for line in padded]
+    probs = _reference(model_repo, "next-token", {"input": np.array(ids, np.int64)})
+    _assert_top_k(capsys.readouterr().out, probs, onnx_models.VOCAB, k=2)
 
+
+def test_predict_prints_a_regressors_values(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.array([[1, 2, 3], [-0.5, 0, 4]], np.float32)
     reg = tmp_path / "r.npy"
-    np.save(reg, np.ones((2, 3), np.float32))
+    np.save(reg, x)
     assert predict_main(["regressor", "--input", str(reg), "--url", server.address]) == 0
-    assert "[[" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    want = _reference(model_repo, "regressor", {"input": x})
+    rows = [re.findall(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?", line) for line in out.splitlines()]
+    assert [len(r) for r in rows] == [want.shape[1]] * want.shape[0], out
+    np.testing.assert_allclose(np.array(rows, float), want, rtol=0, atol=1e-6)
 
+
+def test_predict_unknown_model_exits_1_naming_it(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npy = tmp_path / "x.npy"
+    np.save(npy, X)
     assert predict_main(["nope", "--input", str(npy), "--url", server.address]) == 1
-    assert "NOT_FOUND" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "NOT_FOUND" in captured.err and "'nope'" in captured.err, captured.err
 
 
-def test_serve_flags_follow_triton_names(monkeypatch, tmp_path):
+def test_serve_flags_follow_triton_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEUROSERVE_METRICS_PORT", "9102")
     settings = settings_from_args(
         [
@@ -124,7 +198,7 @@ def test_serve_flags_follow_triton_names(monkeypatch, tmp_path):
     assert defaults.max_message_bytes == 64 * 1024 * 1024
 
 
-def test_home_and_tracking_uri(monkeypatch, tmp_path):
+def test_home_and_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from serving.settings import Settings, default_tracking_uri, home_dir
 
     monkeypatch.setenv("NEUROSERVE_HOME", str(tmp_path / "home"))
