@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata as importlib_metadata
 from typing import Final, TypeVar
 
@@ -190,18 +190,22 @@ class DataPlane:
         request: pb.ModelInferRequest | bytes,
         write: Callable[[Answer], T],
         timeout: float | None = None,
+        protocol: str = "grpc",
+        trace: Mapping[str, str] | None = None,
     ) -> T:
         """Decode, execute and answer one request: the one path every transport calls.
 
         ``request`` is a parsed message, or a serialized ``ModelInferRequest`` (gRPC's own
         bytes, which a learned template may take without parsing). ``write`` turns the answer
         into the transport's framing; it runs here so its cost and failures count as the
-        request's. Raises a ``ServingError`` (or ``CancelledError``) the transport maps to a
+        request's. ``protocol`` labels the request's metrics (``grpc`` or ``http``); ``trace``
+        holds the caller's W3C trace context headers (``traceparent``, ``tracestate``), if any.
+        Raises a ``ServingError`` (or ``CancelledError``) the transport maps to a
         status with serving/status.py.
         """
         self._check_ready()
         start = time.perf_counter_ns()
-        served, decoded, request_id = self._decode(request, start)
+        served, decoded, request_id = self._decode(request, start, protocol)
         loop = asyncio.get_running_loop()
         queue_ns: int | None = None
         served.acquire()
@@ -223,16 +227,18 @@ class DataPlane:
                 )
             )
         except BaseException as exc:
-            self._record(served, False, start, queue_ns, exc)
+            self._record(served, False, start, queue_ns, exc, protocol)
             raise
         finally:
             served.release()
         # Counted after the answer is on its way: bookkeeping is off the caller's latency.
-        loop.call_soon(self._record, served, True, start, queue_ns, None, time.perf_counter_ns())
+        loop.call_soon(
+            self._record, served, True, start, queue_ns, None, protocol, time.perf_counter_ns()
+        )
         return answer
 
     def _decode(
-        self, request: pb.ModelInferRequest | bytes, start: int
+        self, request: pb.ModelInferRequest | bytes, start: int, protocol: str
     ) -> tuple[ServedVersion, DecodedRequest, str]:
         """The serving version, the validated request and its id.
 
@@ -258,7 +264,7 @@ class DataPlane:
         try:
             decoded = decode_request(request, served.signature, self.fast_paths)
         except BaseException as exc:
-            self._record(served, False, start, None, exc)
+            self._record(served, False, start, None, exc, protocol)
             raise
         if raw is not None and self.fast_paths:
             self.templates.learn(raw, request, decoded, served)
@@ -271,6 +277,7 @@ class DataPlane:
         start: int,
         queue_ns: int | None,
         exc: BaseException | None,
+        protocol: str,
         end: int | None = None,
     ) -> None:
         total = (end or time.perf_counter_ns()) - start
@@ -284,7 +291,11 @@ class DataPlane:
         else:
             code = "INTERNAL"  # status_of would log it a second time; the transport logs it
         self.metrics.observe_request(
-            served.name, code, total / 1e9, None if queue_ns is None else queue_ns / 1e9
+            served.name,
+            code,
+            total / 1e9,
+            None if queue_ns is None else queue_ns / 1e9,
+            protocol,
         )
 
     # ------------------------------------------------------------------ statistics

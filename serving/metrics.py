@@ -33,12 +33,12 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
-            "neuroserve_requests", "Inference requests by model and gRPC status.",
-            ["model", "status"], registry=reg,
+            "neuroserve_requests", "Inference requests by model, gRPC status and transport.",
+            ["model", "status", "protocol"], registry=reg,
         )  # fmt: skip
         self.request_latency = Histogram(
             "neuroserve_request_latency_seconds", "Total time per inference request.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
+            ["model", "protocol"], buckets=_LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
         self.queue_latency = Histogram(
             "neuroserve_queue_latency_seconds", "Time a request waited in the batch queue.",
@@ -54,7 +54,7 @@ class ServerMetrics:
         )  # fmt: skip
         # Labelled children by label values: ``labels()`` takes a lock and builds a key on every
         # call, several times per request; the children themselves never change.
-        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._queue_children: dict[str, Histogram] = {}
         self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.models_loaded = Gauge(
@@ -63,14 +63,20 @@ class ServerMetrics:
         )  # fmt: skip
 
     def observe_request(
-        self, model: str, status: str, total_s: float, queue_s: float | None = None
+        self,
+        model: str,
+        status: str,
+        total_s: float,
+        queue_s: float | None = None,
+        protocol: str = "grpc",
     ) -> None:
         """Count one finished request and record its latencies."""
-        children = self._request_children.get((model, status))
+        key = (model, status, protocol)
+        children = self._request_children.get(key)
         if children is None:
-            children = self._request_children[(model, status)] = (
-                self.requests.labels(model, status),
-                self.request_latency.labels(model),
+            children = self._request_children[key] = (
+                self.requests.labels(model, status, protocol),
+                self.request_latency.labels(model, protocol),
             )
         count, total = children
         count.inc()

@@ -71,7 +71,9 @@ def test_metrics_endpoint(server, stub):
     assert server.server is not None and server.server.metrics_server is not None
     port = server.server.metrics_server.port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert re.search(r'neuroserve_requests_total\{model="classifier",status="OK"\} [1-9]', text)
+    assert re.search(
+        r'neuroserve_requests_total\{model="classifier",protocol="grpc",status="OK"\} [1-9]', text
+    )
     assert 'status="INVALID_ARGUMENT"' in text
     for name in (
         "neuroserve_request_latency_seconds_bucket",
@@ -267,7 +269,8 @@ def test_workers_share_the_port_and_stop_cleanly(model_repo):
             .decode()
         )
         match = re.search(
-            r'neuroserve_requests_total\{model="classifier",status="OK"\} (\S+)', text
+            r'neuroserve_requests_total\{model="classifier",protocol="grpc",status="OK"\} (\S+)',
+            text,
         )
         assert match and float(match.group(1)) == 8
         proc.send_signal(signal.SIGTERM)
