@@ -58,6 +58,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     add("--host", help="interface to bind (127.0.0.1)")
     add("--grpc-port", dest="grpc_port", type=int, help="gRPC port (8001)")
+    add("--http-port", dest="http_port", type=int, help="KServe v2 REST port; -1 off (8000)")
     add("--metrics-port", dest="metrics_port", type=int, help="Prometheus port; -1 off (8002)")
     add("--workers", type=int, metavar="N", help="server processes sharing the port (1)")
     add("--max-batch-size", dest="max_batch_size", type=int, help="largest batch (32)")
@@ -132,6 +133,19 @@ def _serve_parser() -> argparse.ArgumentParser:
         dest="inline_compute_us",
         type=int,
         help="run session calls faster than this on the event loop; 0 never (150)",
+    )
+    add(
+        "--trace-rate",
+        dest="trace_rate",
+        type=float,
+        metavar="FRACTION",
+        help="OpenTelemetry: fraction of requests traced, 0-1; 0 off (0)",
+    )
+    add(
+        "--otlp-endpoint",
+        dest="otlp_endpoint",
+        metavar="URL",
+        help="OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317 (default: stderr)",
     )
     add(
         "--no-fast-paths",

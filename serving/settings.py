@@ -89,11 +89,15 @@ class Settings(BaseSettings):
     grpc_port: int = 8001
     """gRPC port (Triton's default, so client examples work unchanged). 0 picks a free port."""
 
+    http_port: int = 8000
+    """KServe v2 REST port (Triton's default). 0 picks a free port; -1 disables REST."""
+
     metrics_port: int = 8002
     """Prometheus metrics HTTP port (Triton's default). 0 picks a free port; -1 disables."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest gRPC message accepted or sent, in bytes; larger requests get RESOURCE_EXHAUSTED."""
+    """Largest request or response accepted or sent, in bytes, on either transport: a larger
+    gRPC message gets RESOURCE_EXHAUSTED, a larger HTTP body 413."""
 
     workers: int = 1
     """Server processes sharing the port through SO_REUSEPORT, each with its own sessions; the
@@ -163,6 +167,16 @@ class Settings(BaseSettings):
     warmup: bool = True
     """Run one dummy batch through each new session before it takes traffic, so the first real
     request does not pay for lazy initialisation."""
+
+    # --- tracing ------------------------------------------------------------------------------
+    trace_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of requests traced with OpenTelemetry (needs the ``tracing`` extra). 0, the
+    default, turns tracing off entirely: no tracer exists and requests pay nothing. A caller's
+    sampled W3C ``traceparent`` is followed whatever the rate, once tracing is on."""
+
+    otlp_endpoint: str | None = None
+    """Where spans go: an OTLP/gRPC collector such as ``http://127.0.0.1:4317`` (Jaeger, the
+    OpenTelemetry Collector). Unset with tracing on: spans are printed to stderr."""
 
     # --- identity and logging ----------------------------------------------------------------
     server_name: str = "neuroserve"

@@ -79,6 +79,7 @@ def make_settings(repo: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "model_repository": repo,
         "grpc_port": 0,
+        "http_port": 0,
         "metrics_port": 0,
         "poll_interval_s": 0,
         "max_batch_size": 8,
