@@ -145,8 +145,8 @@ class Settings(BaseSettings):
     CPU; TensorRT only when asked for."""
 
     intra_op_threads: int = 0
-    """Threads inside one operator. 0: CPU cores divided by ``workers`` (at least 1), so worker
-    processes do not oversubscribe the machine."""
+    """Threads inside one operator. 0: usable CPU cores divided by ``workers`` (at least 1), so
+    worker processes do not oversubscribe the machine."""
 
     inter_op_threads: int = 1
     """Threads running independent operators in parallel (1: sequential execution)."""
@@ -209,7 +209,10 @@ class Settings(BaseSettings):
         """Explicit thread count for ONNX Runtime's intra-op pool."""
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        # The cores this process may use (``taskset``, a container's cpuset), not the machine's:
+        # more ORT threads than cores only makes them take turns.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.workers)
 
     def tls_enabled(self) -> bool:
         """True when both a certificate and its key are configured."""

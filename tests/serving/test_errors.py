@@ -256,3 +256,41 @@ def test_undecodable_request_bytes_are_invalid_argument(channel, stub):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf" in info.value.details()
     assert stub.ModelInfer(good_request()).outputs
+
+
+def test_stream_answers_every_bad_request_in_band_as_unary_does(stub):
+    """One stream carries the whole matrix, each case followed by a good request: every error
+    comes back in-band with the unary status and message, and the stream goes on."""
+    cases = sorted(CASES)
+    requests = []
+    for case in cases:
+        bad = CASES[case][0]()
+        bad.id = f"bad-{case}"
+        requests += [bad, good_request()]
+    responses = list(stub.ModelStreamInfer(iter(requests)))
+    assert len(responses) == 2 * len(cases)
+    unary_ok = stub.ModelInfer(good_request())
+    for i, case in enumerate(cases):
+        _, code, fragments = CASES[case]
+        bad, good = responses[2 * i], responses[2 * i + 1]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(CASES[case][0]())
+        assert bad.error_message == f"[{code.name}] {info.value.details()}", case
+        for fragment in fragments:
+            assert fragment in bad.error_message
+        assert bad.infer_response.id == f"bad-{case}"
+        assert good.error_message == ""
+        assert good.infer_response.outputs == unary_ok.outputs
+        assert len(good.infer_response.raw_output_contents) == 1
+
+
+def test_undecodable_bytes_on_a_stream_are_answered_in_band(channel, stub):
+    call = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+    responses = list(call(iter([b"\xff\xff\xff\xff", good_request().SerializeToString()])))
+    assert responses[0].error_message.startswith("[INVALID_ARGUMENT] request bytes are not")
+    assert responses[1].error_message == ""
+    assert responses[1].infer_response.outputs[0].name == "output"
