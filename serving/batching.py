@@ -25,6 +25,10 @@ records the request. Failure is per request: if a merged batch's session call ra
 requests is run again alone, so only the culprit fails. The queue is bounded; a full queue refuses
 new requests at once (``QueueFullError`` -> RESOURCE_EXHAUSTED) instead of letting latency grow
 without bound. Requests whose deadline passed while queued are failed without being computed.
+
+A traced request (serving/tracing.py) passes ``trace`` and is told the :class:`Execution` that
+computed it; the batcher knows nothing of OpenTelemetry, and for untraced requests (``trace`` is
+None) it builds nothing and reads no extra clock.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +79,34 @@ SOLO_GAP_NS = 200_000
 SOLO_AFTER = 16
 
 
+#: Routes, as :class:`Execution` names them.
+NOW, DIRECT, QUEUED = "now", "direct", "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One session call as the batcher ran it, told to each traced request it computed.
+
+    A queued batch's record is shared by every request merged into it, so their traces show the
+    same batch. Times are ``time.perf_counter_ns()``; "compute" is the await of the session call
+    (on the *now* route, the session time alone).
+    """
+
+    route: str  # NOW, DIRECT or QUEUED
+    size: int  # rows in the session call: the batch size
+    requests: int  # requests merged into it
+    start_ns: int  # the batch began (queued: merging its requests' inputs)
+    compute_start_ns: int
+    compute_end_ns: int
+    end_ns: int  # outputs split, answers about to be handed back
+    number: int = 0  # the batcher's queued batches so far: requests sharing a batch share it
+
+
+#: Told which execution computed a traced request, and how long the request waited in the queue
+#: for it (ns, 0 off the queue): ``Batcher.infer``'s ``trace``.
+ExecutionObserver = Callable[[Execution, int], None]
+
+
 @dataclass
 class _Item:
     feeds: Mapping[str, np.ndarray]
@@ -82,6 +114,7 @@ class _Item:
     signature: tuple[Any, ...]
     deadline: float | None
     future: asyncio.Future[tuple[dict[str, np.ndarray], int]]
+    trace: ExecutionObserver | None = None
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
@@ -111,6 +144,7 @@ class Batcher:
         )
         self._solo_done_ns = 0  # when the last solo request finished
         self._singles = 0  # batches in a row that held one request
+        self._batches = 0  # queued batches run (numbers them for traces)
         self._task: asyncio.Task[None] | None = None
         if self._batching:
             self._task = asyncio.get_running_loop().create_task(
@@ -133,24 +167,26 @@ class Batcher:
         batch_size: int,
         signature: tuple[Any, ...] = (),
         deadline: float | None = None,
+        trace: ExecutionObserver | None = None,
     ) -> tuple[dict[str, np.ndarray], int]:
         """Run one request's feeds by the route the module docstring describes.
 
         Returns the outputs and the time the request waited in the queue (ns, 0 off the queue);
-        ``deadline`` is in event-loop time.
+        ``deadline`` is in event-loop time. ``trace``, if given, is called with the
+        :class:`Execution` that computed the request and its queue time, before this returns.
         """
         if self.queued >= self.config.max_queue_size:
             raise QueueFullError(self.runtime.name, self.config.max_queue_size)
         if self._may_run_now and self.runtime.computes_inline:
             if self._runs_now():
-                return self._run_now(feeds, batch_size), 0
+                return self._run_now(feeds, batch_size, trace), 0
             self._solo = False  # it would have waited for the last one: queue from now on
         if not self._batching:
-            return await self._direct(feeds, batch_size), 0
+            return await self._direct(feeds, batch_size, trace), 0
         future: asyncio.Future[tuple[dict[str, np.ndarray], int]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._pending.append(_Item(feeds, batch_size, signature, deadline, future))
+        self._pending.append(_Item(feeds, batch_size, signature, deadline, future, trace))
         self._wakeup.set()
         return await future
 
@@ -162,7 +198,12 @@ class Batcher:
             self._solo and time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS
         )
 
-    def _run_now(self, feeds: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    def _run_now(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        batch_size: int,
+        trace: ExecutionObserver | None,
+    ) -> dict[str, np.ndarray]:
         """The *now* route: compute on this stack, record the execution after the answer."""
         try:
             outputs, infer_ns = self.runtime.run_inline(feeds)
@@ -172,10 +213,17 @@ class Batcher:
             if self._batching:
                 self._solo_done_ns = time.perf_counter_ns()
         asyncio.get_running_loop().call_soon(self._record_alone, batch_size, infer_ns)
+        if trace is not None:
+            # Timed backwards from now so an untraced request takes no extra clock reading.
+            end = time.perf_counter_ns()
+            trace(Execution(NOW, batch_size, 1, end - infer_ns, end - infer_ns, end, end), 0)
         return outputs
 
     async def _direct(
-        self, feeds: Mapping[str, np.ndarray], batch_size: int
+        self,
+        feeds: Mapping[str, np.ndarray],
+        batch_size: int,
+        trace: ExecutionObserver | None,
     ) -> dict[str, np.ndarray]:
         """The *direct* route: batching is off, so the request runs alone."""
         self._direct_inflight += 1
@@ -185,10 +233,11 @@ class Batcher:
                 outputs = await self.runtime.predict(feeds)
             except Exception as exc:
                 raise self._failure(exc) from exc
+            end = time.perf_counter_ns()
             # Off the caller's latency: recorded once the answer is on its way.
-            asyncio.get_running_loop().call_soon(
-                self._record_alone, batch_size, time.perf_counter_ns() - start
-            )
+            asyncio.get_running_loop().call_soon(self._record_alone, batch_size, end - start)
+            if trace is not None:
+                trace(Execution(DIRECT, batch_size, 1, start, start, end, end), 0)
             return outputs
         finally:
             self._direct_inflight -= 1
@@ -315,6 +364,7 @@ class Batcher:
                     item.future.set_exception(error)
             return
         done = time.perf_counter_ns()
+        self._batches += 1
         self._singles = self._singles + 1 if len(batch) == 1 else 0
         if self._singles >= SOLO_AFTER:
             self._solo, self._singles, self._solo_done_ns = True, 0, done
@@ -324,7 +374,14 @@ class Batcher:
         )
         if self.observer:
             self.observer.observe_batch(self.runtime.name, total, (computed - merged) / 1e9)
+        execution: Execution | None = None
         for item, part in zip(batch, parts, strict=True):
+            if item.trace is not None:
+                if execution is None:
+                    execution = Execution(
+                        QUEUED, total, len(batch), start, merged, computed, done, self._batches
+                    )
+                item.trace(execution, start - item.enqueued_ns)
             if not item.future.done():
                 item.future.set_result((part, start - item.enqueued_ns))
 

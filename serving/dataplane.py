@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata as importlib_metadata
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from google.protobuf.message import DecodeError
 
 from serving import status
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import model_config_pb2 as mc
+from serving.batching import ExecutionObserver
 from serving.codecs import Answer, DecodedRequest, decode_request
 from serving.datatypes import CONFIG_TYPE
 from serving.errors import (
@@ -37,6 +38,9 @@ from serving.runtime import TensorSpec
 from serving.settings import Settings
 from serving.statistics import Duration, ModelStats
 from serving.templates import RequestTemplates
+
+if TYPE_CHECKING:
+    from serving.tracing import RequestTracer
 
 PLATFORM: Final = "onnxruntime_onnx"
 
@@ -87,6 +91,17 @@ class DataPlane:
         self.version = _server_version()
         self.fast_paths = settings.fast_paths
         self.templates = RequestTemplates()
+        # No tracer, and no OpenTelemetry import, unless tracing is on (settings.trace_rate).
+        self.tracer: RequestTracer | None = None
+        if settings.trace_rate > 0:
+            from serving.tracing import RequestTracer
+
+            self.tracer = RequestTracer(settings, self.version)
+
+    async def close(self) -> None:
+        """Flush the traces still buffered (the server calls it last when it stops)."""
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)
 
     # ------------------------------------------------------------------ health
     def live(self) -> bool:
@@ -185,14 +200,14 @@ class DataPlane:
         return pb.ModelConfigResponse(config=config)
 
     # ------------------------------------------------------------------ inference
-    async def infer(
+    def infer(
         self,
         request: pb.ModelInferRequest | bytes,
         write: Callable[[Answer], T],
         timeout: float | None = None,
         protocol: str = "grpc",
         trace: Mapping[str, str] | None = None,
-    ) -> T:
+    ) -> Awaitable[T]:
         """Decode, execute and answer one request: the one path every transport calls.
 
         ``request`` is a parsed message, or a serialized ``ModelInferRequest`` (gRPC's own
@@ -200,9 +215,29 @@ class DataPlane:
         into the transport's framing; it runs here so its cost and failures count as the
         request's. ``protocol`` labels the request's metrics (``grpc`` or ``http``); ``trace``
         holds the caller's W3C trace context headers (``traceparent``, ``tracestate``), if any.
-        Raises a ``ServingError`` (or ``CancelledError``) the transport maps to a
-        status with serving/status.py.
+        Await the result; it raises a ``ServingError`` (or ``CancelledError``) the transport
+        maps to a status with serving/status.py.
+
+        Not a coroutine itself: untraced (the default), it hands back :meth:`_infer`'s coroutine
+        after one test, so tracing costs an untraced request no extra frame; traced, the
+        tracer (serving/tracing.py) wraps that same path.
         """
+        if self.tracer is None:
+            return self._infer(request, write, timeout, protocol, None)
+        return self.tracer.infer(
+            self._infer, request, write, timeout=timeout, protocol=protocol, headers=trace
+        )
+
+    async def _infer(
+        self,
+        request: pb.ModelInferRequest | bytes,
+        write: Callable[[Answer], T],
+        timeout: float | None,
+        protocol: str,
+        trace: ExecutionObserver | None,
+    ) -> T:
+        """The request path (serving/README.md names its routes); ``trace`` is told which
+        execution computed the request (serving/batching.py), for a traced request only."""
         self._check_ready()
         start = time.perf_counter_ns()
         served, decoded, request_id = self._decode(request, start, protocol)
@@ -215,6 +250,7 @@ class DataPlane:
                 decoded.batch_size,
                 decoded.signature,
                 None if timeout is None else loop.time() + timeout,
+                trace,
             )
             answer = write(
                 Answer(
@@ -284,12 +320,8 @@ class DataPlane:
         stats = self.repository.stats.get((served.name, served.version))
         if stats is not None:
             stats.record_request(ok, total, queue_ns)
-        if ok:
-            code = "OK"
-        elif isinstance(exc, ServingError | asyncio.CancelledError):
-            code = status.status_of(exc).label
-        else:
-            code = "INTERNAL"  # status_of would log it a second time; the transport logs it
+        # The transport's own status_of call logs an unknown error; this one must not again.
+        code = "OK" if exc is None else status.status_of(exc, log=False).label
         self.metrics.observe_request(
             served.name,
             code,

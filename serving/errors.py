@@ -32,6 +32,10 @@ class ServingError(Exception):
     #: clients cap at 16 KiB, so an unbounded echo would turn NOT_FOUND into a transport error.
     MAX_MESSAGE_CHARS = 2000
 
+    #: A traced request's trace id (serving/tracing.py sets it); serving/status.py appends it
+    #: to the message the caller reads.
+    trace_id: str | None = None
+
     def __str__(self) -> str:
         text = super().__str__()
         if len(text) <= self.MAX_MESSAGE_CHARS:

@@ -1,8 +1,9 @@
 """The gRPC adapter: read gRPC's framing, call the data plane, write gRPC's framing.
 
 No rules live here; every error becomes its status in ``serving/status.py``. The only logic is the
-transport's own: reading the caller's deadline, and reporting streaming errors in-band (the stream
-stays open after a bad request, as Triton's does).
+transport's own: reading the caller's deadline and, with tracing on, its W3C trace context from
+the call's metadata, and reporting streaming errors in-band (the stream stays open after a bad
+request, as Triton's does).
 
 ModelInfer and ModelStreamInfer are registered bytes-in, bytes-out (see ``raw_handlers``): the
 data plane takes the request's bytes (a learned layout skips parsing) and
@@ -14,6 +15,7 @@ common request on either RPC.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Final
 
 import grpc
 
@@ -26,6 +28,17 @@ from serving.status import abort, grpc_errors, stream_error_message
 from serving.wire import stream_frame
 
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+#: The W3C trace context metadata keys passed to the data plane (gRPC lowercases keys).
+TRACE_KEYS: Final = frozenset({"traceparent", "tracestate"})
+
+
+def trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The caller's ``traceparent``/``tracestate``, read only by the traced handlers."""
+    return {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in TRACE_KEYS and isinstance(value, str)
+    }
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -36,9 +49,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.writer = ResponseWriter(fast=dataplane.fast_paths)
 
     def raw_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """The inference RPCs as bytes-in, bytes-out handlers (no protobuf (de)serializers)."""
+        """The inference RPCs as bytes-in, bytes-out handlers (no protobuf (de)serializers).
+
+        With tracing on, ModelInfer is the variant that reads the caller's trace context; the
+        choice is made here, once, so an untraced server never looks at metadata.
+        """
+        unary = self.infer_bytes if self.dataplane.tracer is None else self.infer_bytes_traced
         return {
-            MODEL_INFER: grpc.unary_unary_rpc_method_handler(self.infer_bytes),
+            MODEL_INFER: grpc.unary_unary_rpc_method_handler(unary),
             MODEL_STREAM_INFER: grpc.stream_stream_rpc_method_handler(self.stream_infer_bytes),
         }
 
@@ -88,18 +106,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
+    async def infer_bytes_traced(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """ModelInfer with tracing on: ``infer_bytes`` plus the caller's W3C trace context."""
+        try:
+            return await self.dataplane.infer(
+                raw,
+                self.writer.write,
+                context.time_remaining(),
+                trace=trace_headers(context),
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        raise AssertionError("unreachable: context.abort raises")
+
     async def stream_infer_bytes(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """ModelStreamInfer: each request's bytes to its ``ModelStreamInferResponse`` bytes.
 
         Requests on one stream are answered in order; a failed one is answered in-band with
-        its status and the stream goes on.
+        its status and the stream goes on. With tracing on, each request is traced as a child
+        of the trace context the stream was opened with.
         """
         write = self.writer.write
+        trace = None if self.dataplane.tracer is None else trace_headers(context)
         async for raw in requests:
             try:
-                body = await self.dataplane.infer(raw, write, context.time_remaining())
+                body = await self.dataplane.infer(raw, write, context.time_remaining(), trace=trace)
             except Exception as exc:
                 yield _stream_error(raw, exc).SerializeToString()
             else:

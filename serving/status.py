@@ -69,19 +69,33 @@ class Status:
         return self.code.name
 
 
-def status_of(exc: BaseException) -> Status:
-    """The status for an exception; unknown ones are INTERNAL and logged with a traceback."""
+def status_of(exc: BaseException, *, log: bool = True) -> Status:
+    """The status for an exception; unknown ones are INTERNAL and logged with a traceback
+    (``log=False``: bookkeeping after the transport's own call, which logged it once).
+
+    A traced request's error carries its trace id (serving/tracing.py sets ``trace_id``); the
+    message then ends with `` (trace_id=<32 hex>)`` and the log line carries it too.
+    """
+    trace_id = getattr(exc, "trace_id", None)
+    traced = "" if trace_id is None else f" (trace_id={trace_id})"
     if isinstance(exc, errors.ServingError):
         for cls in type(exc).__mro__:
             code = GRPC_CODE.get(cls)
             if code is not None:
-                return Status(code, str(exc))
-        return Status(grpc.StatusCode.INTERNAL, str(exc))
+                return Status(code, str(exc) + traced)
+        return Status(grpc.StatusCode.INTERNAL, str(exc) + traced)
     if isinstance(exc, asyncio.CancelledError):
         return Status(grpc.StatusCode.CANCELLED, "request cancelled")
-    logger.error("event=unhandled_error type=%s", type(exc).__name__, exc_info=exc)
+    if log:
+        logger.error(
+            "event=unhandled_error type=%s trace_id=%s",
+            type(exc).__name__,
+            trace_id or "-",
+            exc_info=exc,
+        )
     return Status(
-        grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(exc).__name__}); see server log{traced}",
     )
 
 
