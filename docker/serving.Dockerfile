@@ -11,5 +11,5 @@ COPY pyproject.toml README.md ./
 COPY serving ./serving
 RUN pip install ".[serve]"
 ENV NEUROSERVE_HOST=0.0.0.0 NEUROSERVE_HOME=/data/neuroserve
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 CMD ["python", "-m", "serving"]

@@ -6,11 +6,16 @@ Hierarchy (the gRPC and HTTP status each maps to is decided in one place, ``serv
     ├── InvalidInputError          a request that can never succeed as sent (shape, datatype, bytes)
     │   ├── InvalidNameError       a model/version name that could escape the repository
     │   └── MalformedRequestError  bytes or JSON that do not parse as the message they claim to be
+    │       └── UnsupportedMediaTypeError  an HTTP body in an encoding REST does not read
     ├── ModelNotFoundError         no such model
+    ├── RouteNotFoundError         an HTTP path that names no endpoint
+    ├── MethodNotAllowedError      an HTTP method the path does not take
     ├── VersionNotFoundError       model exists, version is not loaded
     ├── ModelUnavailableError      model known but not ready (loading, failed, unloaded)
     ├── ServerUnavailableError     shutting down / not ready
     ├── QueueFullError             the model's batch queue is at its bound
+    ├── RequestTooLargeError       an HTTP body over ``max_message_bytes``
+    │   └── HeadersTooLargeError   an HTTP request line and headers over their bound
     ├── DeadlineExceededError      the caller's deadline passed before the work ran
     ├── UnauthenticatedError       missing or wrong bearer token
     ├── ModelLoadError             a model file could not be loaded
@@ -92,6 +97,10 @@ class MalformedRequestError(InvalidInputError):
         self.tensor = None
 
 
+class UnsupportedMediaTypeError(MalformedRequestError):
+    """An HTTP body whose Content-Type or Content-Encoding REST cannot read."""
+
+
 class ModelNotFoundError(ServingError):
     """No model of that name is known to the repository."""
 
@@ -120,6 +129,18 @@ class ModelUnavailableError(ServingError):
         self.model = model
 
 
+class RouteNotFoundError(ServingError):
+    """No REST endpoint has this path (HTTP only: gRPC answers unknown methods itself)."""
+
+
+class MethodNotAllowedError(ServingError):
+    """The REST endpoint exists but takes another method; ``allowed`` names it."""
+
+    def __init__(self, method: str, path: str, allowed: str) -> None:
+        super().__init__(f"{path} takes {allowed}, not {method}")
+        self.allowed = allowed
+
+
 class ServerUnavailableError(ServingError):
     """The server is not taking requests (starting up or shutting down)."""
 
@@ -132,6 +153,14 @@ class QueueFullError(ServingError):
             f"model '{model}': request queue is full ({limit} waiting); retry with backoff"
         )
         self.model = model
+
+
+class RequestTooLargeError(ServingError):
+    """An HTTP request body over the size limit (gRPC enforces its own limit in the library)."""
+
+
+class HeadersTooLargeError(RequestTooLargeError):
+    """An HTTP request line and headers over their bound, refused before they are parsed."""
 
 
 class DeadlineExceededError(ServingError):

@@ -1,11 +1,14 @@
-"""Assemble and run the grpc.aio server: ``create_server(settings)`` builds, ``serve`` runs.
+"""Assemble and run the server: ``create_server(settings)`` builds, ``serve`` runs.
 
-Lifecycle (one log line each): the port is bound and the server answers ServerLive at once; models
-load; then ServerReady and the health service switch to SERVING. On SIGTERM/SIGINT health goes
-NOT_SERVING and new RPCs are refused while in-flight ones get ``grace_period_s`` to finish; then
-the sessions are released and the process exits 0.
+One process serves gRPC (grpc.aio) and KServe v2 REST (serving/http.py, uvicorn) on the same
+event loop, over the same data plane, models and batcher.
 
-``--workers N`` starts N processes that each bind the same port with SO_REUSEPORT and own their
+Lifecycle (one log line each): the ports are bound and the server answers ServerLive at once;
+models load; then ServerReady and the health service switch to SERVING. On SIGTERM/SIGINT health
+goes NOT_SERVING and new requests are refused while in-flight ones, on both transports, get
+``grace_period_s`` to finish; then the sessions are released and the process exits 0.
+
+``--workers N`` starts N processes that each bind the same ports with SO_REUSEPORT and own their
 sessions, sidestepping the GIL on the request path; the parent aggregates their metrics.
 """
 
@@ -33,6 +36,7 @@ from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.dataplane import DataPlane
 from serving.errors import UNDECODABLE, MalformedRequestError
+from serving.http import RestServer
 from serving.logs import configure, log_event
 from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
 from serving.repository import Repository
@@ -197,13 +201,20 @@ class InferenceServer:
             self.port = self.grpc_server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {address}")
+        # REST binds now too (a taken port fails here, like gRPC's), and serves from start().
+        self.rest = RestServer(self.dataplane, settings) if settings.http_port >= 0 else None
         self.metrics_server: MetricsHTTPServer | None = None
         self._stopped = False
 
     @property
     def address(self) -> str:
-        """``host:port`` clients connect to."""
+        """``host:port`` gRPC clients connect to."""
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_port(self) -> int | None:
+        """The REST port (the one bound when ``http_port`` was 0), or None with REST off."""
+        return self.rest.port if self.rest is not None else None
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -218,9 +229,12 @@ class InferenceServer:
         """Listen, load the models, then report ready."""
         await self._set_health(False)
         await self.grpc_server.start()
+        if self.rest is not None:
+            await self.rest.start()
         log_event(
             "server_listening",
             address=self.address,
+            http_port=self.http_port if self.rest is not None else "-",
             tls=self.settings.tls_enabled(),
             mtls=self.settings.tls_ca_file is not None,
             auth=self.settings.auth_token is not None,
@@ -236,6 +250,7 @@ class InferenceServer:
         log_event(
             "server_ready",
             address=self.address,
+            http_port=self.http_port if self.rest is not None else "-",
             models=",".join(sorted(self.repository.models)) or "-",
             ready_models=self.repository.ready_count(),
             metrics_port=self.metrics_server.port if self.metrics_server else "-",
@@ -250,7 +265,10 @@ class InferenceServer:
         self.dataplane.shutting_down = True
         await self._set_health(False)
         log_event("server_draining", grace_s=grace)
-        await self.grpc_server.stop(grace)
+        stopping = [self.grpc_server.stop(grace)]
+        if self.rest is not None:
+            stopping.append(self.rest.stop(grace))
+        await asyncio.gather(*stopping)
         await self.repository.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -305,10 +323,12 @@ def run(settings: Settings) -> int:
     if settings.workers == 1:
         asyncio.run(serve(settings))
         return 0
+    # Every worker binds the same ports, so a port left to the system (0) is picked here, once.
     port = settings.grpc_port or _free_port(settings.host)
+    http_port = settings.http_port or _free_port(settings.host)
     with tempfile.TemporaryDirectory(prefix="neuroserve-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        worker_settings = settings.model_copy(update={"grpc_port": port})
+        worker_settings = settings.model_copy(update={"grpc_port": port, "http_port": http_port})
         ctx = multiprocessing.get_context("spawn")
         procs = [
             ctx.Process(target=_worker, args=(worker_settings, i), name=f"neuroserve-worker-{i}")
@@ -321,7 +341,12 @@ def run(settings: Settings) -> int:
             if settings.metrics_port >= 0
             else None
         )
-        log_event("workers_started", workers=len(procs), port=port)
+        log_event(
+            "workers_started",
+            workers=len(procs),
+            port=port,
+            http_port=http_port if http_port >= 0 else "-",
+        )
 
         def forward(signum: int, _frame: object) -> None:
             for proc in procs:

@@ -1,8 +1,10 @@
 """The one place that decides what status every error gets, on every transport.
 
 Known ``ServingError`` subclasses map to a gRPC status code; the HTTP status follows from the
-gRPC code by Triton's own table, so the two transports can never disagree. Anything else is
-INTERNAL and is logged with its traceback (the caller gets a generic message, never a stack trace).
+gRPC code by Triton's own table, so the two transports can never disagree. The only exceptions
+are errors of the HTTP framing itself (``HTTP_OVERRIDE``: 405, 413, 415, 431), which gRPC never
+raises. Anything else is INTERNAL and is logged with its traceback (the caller gets a generic
+message, never a stack trace).
 The servicer, the gRPC decode guard, authentication and the REST adapter all ask here.
 """
 
@@ -33,6 +35,19 @@ GRPC_CODE: Final[dict[type[errors.ServingError], grpc.StatusCode]] = {
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InferenceFailedError: grpc.StatusCode.INTERNAL,
+    # Errors only the REST adapter raises (its framing: path, method, size, encoding).
+    errors.RouteNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.MethodNotAllowedError: grpc.StatusCode.UNIMPLEMENTED,
+    errors.RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+#: HTTP framing errors whose HTTP status is more precise than their gRPC code's (a body over the
+#: limit is RESOURCE_EXHAUSTED, as gRPC's own limit answers, but 413, not 429 "slow down").
+HTTP_OVERRIDE: Final[dict[type[errors.ServingError], int]] = {
+    errors.MethodNotAllowedError: 405,
+    errors.RequestTooLargeError: 413,
+    errors.HeadersTooLargeError: 431,
+    errors.UnsupportedMediaTypeError: 415,
 }
 
 #: gRPC status -> HTTP status, as Triton's HTTP front end maps them.
@@ -57,11 +72,13 @@ class Status:
 
     code: grpc.StatusCode
     message: str
+    http_override: int | None = None
 
     @property
     def http(self) -> int:
-        """The HTTP status for this gRPC code (500 for any code Triton does not map)."""
-        return HTTP_STATUS.get(self.code, 500)
+        """The HTTP status: Triton's for this gRPC code (500 for any code it does not map),
+        unless the error is one of the few HTTP framing errors with a status of their own."""
+        return self.http_override or HTTP_STATUS.get(self.code, 500)
 
     @property
     def label(self) -> str:
@@ -79,10 +96,12 @@ def status_of(exc: BaseException, *, log: bool = True) -> Status:
     trace_id = getattr(exc, "trace_id", None)
     traced = "" if trace_id is None else f" (trace_id={trace_id})"
     if isinstance(exc, errors.ServingError):
-        for cls in type(exc).__mro__:
+        mro = type(exc).__mro__
+        for cls in mro:
             code = GRPC_CODE.get(cls)
             if code is not None:
-                return Status(code, str(exc) + traced)
+                http = next((HTTP_OVERRIDE[c] for c in mro if c in HTTP_OVERRIDE), None)
+                return Status(code, str(exc) + traced, http)
         return Status(grpc.StatusCode.INTERNAL, str(exc) + traced)
     if isinstance(exc, asyncio.CancelledError):
         return Status(grpc.StatusCode.CANCELLED, "request cancelled")

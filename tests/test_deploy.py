@@ -113,10 +113,13 @@ def test_ports_agree_with_the_server_defaults(compose: dict[str, Any]) -> None:
     defaults = Settings()
     serving = compose["services"]["serving"]
     env = _env(serving)
+    assert int(env["NEUROSERVE_HTTP_PORT"]) == defaults.http_port == 8000
     assert int(env["NEUROSERVE_GRPC_PORT"]) == defaults.grpc_port == 8001
     assert int(env["NEUROSERVE_METRICS_PORT"]) == defaults.metrics_port == 8002
-    assert f"{defaults.grpc_port}:{defaults.grpc_port}" in serving["ports"]
-    assert f"{defaults.metrics_port}:{defaults.metrics_port}" in serving["ports"]
+    for port in (defaults.http_port, defaults.grpc_port, defaults.metrics_port):
+        assert f"{port}:{port}" in serving["ports"]
+    dockerfile = (ROOT / "docker/serving.Dockerfile").read_text()
+    assert f"EXPOSE {defaults.http_port} {defaults.grpc_port} {defaults.metrics_port}" in dockerfile
     # The container must listen beyond loopback, or the published port reaches nothing.
     assert env["NEUROSERVE_HOST"] == "0.0.0.0"
     prometheus = yaml.safe_load((ROOT / "docker/prometheus.yml").read_text())

@@ -192,7 +192,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "serving",
-                "--grpc-port", str(self.port), "--metrics-port", "-1", *args,
+                "--grpc-port", str(self.port), "--http-port", "0", "--metrics-port", "-1", *args,
             ],
             cwd=ROOT,
             env=full_env,

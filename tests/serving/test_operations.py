@@ -211,7 +211,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(model_repo):
     proc = _start(
         [
             "--model-repository", str(model_repo), "--model", "classifier",
-            "--grpc-port", str(port), "--metrics-port", "-1",
+            "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "-1",
             "--max-queue-delay-us", "1500000", "--grace-period", "10",
         ]
     )  # fmt: skip
@@ -250,7 +250,7 @@ def test_workers_share_the_port_and_stop_cleanly(model_repo):
     proc = _start(
         [
             "--model-repository", str(model_repo), "--model", "classifier",
-            "--grpc-port", str(port), "--metrics-port", str(metrics_port),
+            "--grpc-port", str(port), "--http-port", "0", "--metrics-port", str(metrics_port),
             "--workers", "2", "--intra-op-threads", "1",
         ]
     )  # fmt: skip
