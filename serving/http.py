@@ -675,12 +675,25 @@ def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     """A listening socket, bound now so a taken port fails at construction as gRPC's does;
     with SO_REUSEPORT when several worker processes share the port."""
     try:
-        family, _, _, _, address = socket.getaddrinfo(
+        family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        return socket.create_server(address, family=family, reuse_port=reuse_port, backlog=2048)
+        # proto=IPPROTO_TCP, as getaddrinfo gives it, matters: asyncio turns Nagle's algorithm
+        # off only on connections whose socket says TCP, and with it on, a response written
+        # as headers then body waits for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise OSError(f"could not bind HTTP port {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"could not bind HTTP port {host}:{port}: {exc}") from exc
+    return sock
 
 
 class RestServer:

@@ -388,6 +388,21 @@ def test_binary_data_output_answers_with_the_binary_extension(port):
     np.testing.assert_allclose(got, onnx_models.classifier_reference(X), rtol=1e-5, atol=1e-6)
 
 
+def test_keep_alive_answers_are_not_held_back_by_nagle(port):
+    # A response goes out as headers then body; with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK (tens of ms) on every request of a keep-alive connection.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        start = time.perf_counter()
+        for _ in range(20):
+            conn.request("GET", "/v2")
+            assert Reply(conn.getresponse()).json()["name"] == "neuroserve"
+        elapsed = time.perf_counter() - start
+    finally:
+        conn.close()
+    assert elapsed < 0.4, f"20 keep-alive requests took {elapsed:.3f} s"
+
+
 def test_health_live_and_ready_answer_200_with_no_body(port):
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/classifier/ready"):
         reply = call(port, "GET", path)
