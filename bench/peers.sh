@@ -32,6 +32,8 @@
 #   MNIST_ONNX      use this ONNX file as `mnist` instead of training one
 #   RETRAIN=1       train the MNIST CNN again even if the work dir has one
 #   NEUROSERVE_ARGS extra flags for every neuroserve start (e.g. --max-queue-delay-us 200)
+#   BASELINE_REF    a git ref (e.g. 309db3e, main before issue #12): its serving/ runs as
+#                   neuroserve-base in grpc mode, so "no worse than before" is one run too
 #   RESULTS         results file                         (default: $PEERS_WORK/results.md)
 #
 # Writes $RESULTS: the harness's table (median over passes, CPU accounting, the machine-speed
@@ -95,8 +97,10 @@ if [[ " $MODELS " == *" mnist "* ]]; then
 fi
 
 # the harness runs this after make_models.py: adds mnist, writes neuroserve's repository
+ADD=""
+[[ " $MODELS " != *" mnist "* ]] || ADD="--add 'mnist=$MNIST'"
 export MODELS_HOOK="'$VENVS/harness/bin/python' '$REPO/bench/peers_models.py' \
---models-dir '$H/models' --add 'mnist=$MNIST' --repo '$WORK/repo' --models $MODELS"
+--models-dir '$H/models' $ADD --repo '$WORK/repo' --models $MODELS"
 
 # ---------------------------------------------------------------- the servers
 HELP=$("$PY" -m serving --help 2>&1) || die "'$PY -m serving --help' failed: $HELP"
@@ -107,12 +111,29 @@ NS_NOHTTP=""
 [ "$HAS_HTTP" = 1 ] && NS_NOHTTP="--http-port -1"
 ECHO_STACK=$("$PY" -c 'import uvicorn, importlib.util as u; print(f"uvicorn {uvicorn.__version__} + " + ("httptools" if u.find_spec("httptools") else "h11 (httptools not installed)"))')
 
+BASE_CMD=""
+if [ -n "${BASELINE_REF:-}" ]; then
+  sha=$(git -C "$REPO" rev-parse --short "$BASELINE_REF^{commit}") || die "BASELINE_REF=$BASELINE_REF is not a commit"
+  base_dir=$WORK/baseline/$sha
+  if [ ! -d "$base_dir/serving" ]; then  # git archive: a read of the repository, no worktree
+    mkdir -p "$base_dir"
+    git -C "$REPO" archive --format=tar "$sha" serving | tar -x -C "$base_dir"
+  fi
+  # env -C: `python -m serving` imports serving/ from the current directory, ahead of the
+  # editable install of this checkout; exec keeps the PID the harness stops
+  BASE_CMD="env -C $base_dir $PY -m serving --model-repository $WORK/repo --metrics-port -1 --intra-op-threads {threads} --inter-op-threads 1 --grpc-port 8541 ${NEUROSERVE_ARGS:-}"
+fi
+
 # name base proto port ports expect desc cmd (tab-separated; the patched run_all.sh reads it)
 export EXTRA_SERVERS_FILE=$RUN_DIR/extra-servers.tsv
 {
   printf '%s\t-\tgrpc\t8501\t8501\tgolden\t%s\t%s\n' neuroserve \
     "neuroserve (this checkout), gRPC unary, defaults except ORT intra_op=${ORT_THREADS:-1}, inter_op=1${NEUROSERVE_ARGS:+, $NEUROSERVE_ARGS}" \
     "$NS --grpc-port 8501 $NS_NOHTTP"
+  if [ -n "$BASE_CMD" ]; then
+    printf '%s\t-\tgrpc\t8541\t8541\tgolden\t%s\t%s\n' neuroserve-base \
+      "neuroserve at $BASELINE_REF ($sha), same flags as neuroserve" "$BASE_CMD"
+  fi
   printf '%s\tneuroserve\tgrpc-stream\t8501\t8501\tgolden\t%s\t-\n' neuroserve-stream \
     "neuroserve as above, measured with perf_analyzer --streaming (ModelStreamInfer)"
   printf '%s\t-\thttp\t8522\t8521 8522\tgolden\t%s\t%s\n' neuroserve-http \
@@ -137,7 +158,9 @@ if [ -z "${SERVERS:-}" ]; then
   SERVERS=""
   for m in $MODES; do
     case $m in
-      grpc) SERVERS+=" floor-echo floor-ort mlserver-batch pytriton pytriton-nodelay neuroserve" ;;
+      grpc)
+        SERVERS+=" floor-echo floor-ort mlserver-batch pytriton pytriton-nodelay neuroserve"
+        if [ -n "$BASE_CMD" ]; then SERVERS+=" neuroserve-base"; fi ;;
       stream) SERVERS+=" neuroserve-stream" ;;
       http) SERVERS+=" http-echo mlserver-batch-http pytriton-nodelay-http neuroserve-http" ;;
     esac
@@ -154,8 +177,12 @@ say "models: $MODELS; servers: $SERVERS; concurrencies: $CONCURRENCIES; passes: 
 bash "$H/run_all.sh"
 
 # ---------------------------------------------------------------- the goals, on top
-MNIST_NOTE="mnist = $MNIST"
-[ "$MNIST" = "$WORK/mnist-cnn.onnx" ] && MNIST_NOTE="mnist = the MNIST CNN trained by \`neuroserve train cnn --data mnist --seed 42\` (defaults; log: $WORK/train.log)"
+MNIST_NOTE=""
+if [[ " $MODELS " == *" mnist "* ]]; then
+  MNIST_NOTE="mnist = $MNIST"
+  [ "$MNIST" != "$WORK/mnist-cnn.onnx" ] \
+    || MNIST_NOTE="mnist = the MNIST CNN trained by \`neuroserve train cnn --data mnist --seed 42\` (defaults; log: $WORK/train.log)"
+fi
 "$PY" "$REPO/bench/peers_ratios.py" --run-dir "$RUN_DIR" --results "$RESULTS" --note "$MNIST_NOTE"
 cp "$RESULTS" "$RUN_DIR/results.md"
 say "results: $RESULTS (run dir $RUN_DIR)"

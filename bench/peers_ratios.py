@@ -85,6 +85,22 @@ def goals(low: int, high: int) -> list[Goal]:
             3.0,
         ),
         Goal(
+            f"gRPC c={high} no worse than before by > 5 %",
+            "neuroserve",
+            ("neuroserve-base",),
+            "infer_per_s",
+            high,
+            0.95,
+        ),
+        Goal(
+            f"gRPC c={low} p50 no worse than before by > 5 %",
+            "neuroserve",
+            ("neuroserve-base",),
+            "p50_us",
+            low,
+            1.05,
+        ),
+        Goal(
             f"context: gRPC c={high} vs the Python gRPC floor",
             "neuroserve",
             ("floor-echo", "floor-ort"),
@@ -140,10 +156,11 @@ def _how(cell: dict[str, Any]) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def section(points: list[dict[str, Any]], models: list[str], notes: list[str]) -> list[str]:
-    """The markdown "Goals" section for the run's points."""
+def section(
+    points: list[dict[str, Any]], models: list[str], notes: list[str], low: int, high: int
+) -> list[str]:
+    """The markdown "Goals" section for the run's points; the goals name c=``low``, c=``high``."""
     cells = medians(points)
-    concs = sorted({c for (_, _, c) in cells})
     passes = max((p.get("repeat", 1) for p in points), default=0)
     lines = [SECTION, ""]
     lines.append(
@@ -155,9 +172,9 @@ def section(points: list[dict[str, Any]], models: list[str], notes: list[str]) -
     lines += [f"- {note}" for note in notes]
     lines += ["", "| goal | model | neuroserve | peer | peer figure | ratio | target | met |"]
     lines.append("|---|---|---:|---|---:|---:|---:|---|")
-    if not concs:
+    if not cells:
         return [*lines, "", "No point was measured.", ""]
-    for goal in goals(concs[0], concs[-1]):
+    for goal in goals(low, high):
         for model in models:
             ours = cells.get((goal.ours, model, goal.concurrency))
             present = [s for s in goal.peers if (s, model, goal.concurrency) in cells]
@@ -165,7 +182,7 @@ def section(points: list[dict[str, Any]], models: list[str], notes: list[str]) -
                 missing = goal.ours if ours is None else " / ".join(goal.peers)
                 lines.append(
                     f"| {goal.text} | {model} | | | | | {_target(goal)} | "
-                    f"not in this run ({missing}) |"
+                    f"not in this run ({missing} at c={goal.concurrency}) |"
                 )
                 continue
             for peer in present:
@@ -212,6 +229,8 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, required=True, help="holds points.jsonl")
     parser.add_argument("--results", type=Path, required=True, help="results.md to put it in")
     parser.add_argument("--note", action="append", default=[], help="a line to add (repeatable)")
+    parser.add_argument("--low", type=int, default=1, help="the goals' low concurrency (1)")
+    parser.add_argument("--high", type=int, default=32, help="the goals' high concurrency (32)")
     args = parser.parse_args()
     path = args.run_dir / "points.jsonl"
     if not path.is_file():
@@ -220,7 +239,7 @@ def main() -> None:
     env_path = args.run_dir / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     models = env.get("models") or sorted({p["model"] for p in points})
-    block = section(points, models, [n for n in args.note if n])
+    block = section(points, models, [n for n in args.note if n], args.low, args.high)
     print("\n".join(block))
     results = args.results.read_text() if args.results.is_file() else ""
     args.results.write_text(insert(results, block))
