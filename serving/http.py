@@ -431,6 +431,11 @@ class RestApp:
                 await _respond(send, 200, body, [_JSON] if body else [])
         except Exception as exc:  # every failure becomes its status and {"error": message}
             await _respond_error(send, exc)
+        except asyncio.CancelledError as exc:
+            # Shutdown's grace period ran out with this request in flight: it gets its status
+            # like any other failure (uvicorn would log a traceback and answer a bare 500). The
+            # task ends here either way; nothing awaits it.
+            await _respond_error(send, exc)
 
     async def _infer(
         self, model: str, version: str, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -590,7 +595,7 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _respond_error(send: Send, exc: Exception) -> None:
+async def _respond_error(send: Send, exc: BaseException) -> None:
     status = status_of(exc)
     headers = [_JSON]
     if isinstance(exc, MethodNotAllowedError):

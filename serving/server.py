@@ -24,7 +24,7 @@ import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,7 +36,6 @@ from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.dataplane import DataPlane
 from serving.errors import UNDECODABLE, MalformedRequestError
-from serving.http import RestServer
 from serving.logs import configure, log_event
 from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
 from serving.repository import Repository
@@ -44,6 +43,9 @@ from serving.servicer import InferenceServicer
 from serving.settings import Settings
 from serving.sources import DirectorySource, MlflowSource, ModelSource
 from serving.status import abort
+
+if TYPE_CHECKING:
+    from serving.http import RestServer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -202,7 +204,12 @@ class InferenceServer:
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {address}")
         # REST binds now too (a taken port fails here, like gRPC's), and serves from start().
-        self.rest = RestServer(self.dataplane, settings) if settings.http_port >= 0 else None
+        # Imported only when on, so a gRPC-only server does not need uvicorn.
+        self.rest: RestServer | None = None
+        if settings.http_port >= 0:
+            from serving.http import RestServer
+
+            self.rest = RestServer(self.dataplane, settings)
         self.metrics_server: MetricsHTTPServer | None = None
         self._stopped = False
 

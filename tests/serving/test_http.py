@@ -805,6 +805,28 @@ def test_in_flight_request_finishes_during_shutdown_and_deadline_param(model_rep
         call(port, "GET", "/v2/health/live")
 
 
+def test_request_still_queued_when_the_grace_period_ends_gets_a_json_status(model_repo):
+    thread = ServerThread(
+        make_settings(model_repo, model_names=["classifier"], max_queue_delay_us=3_000_000)
+    ).start()
+    assert thread.server is not None
+    port = thread.server.http_port
+    result: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        body, headers = infer_body({"input": X})
+        result["reply"] = _infer(port, body, headers)
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    time.sleep(0.3)
+    thread.stop(grace=0.3)
+    worker.join(20)
+    reply = result["reply"]
+    assert reply.status == 499  # CANCELLED, as gRPC's in-flight calls end at the deadline
+    assert reply.error == "request cancelled"
+
+
 def test_workers_share_the_http_port(model_repo):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
