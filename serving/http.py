@@ -457,7 +457,11 @@ class RestApp:
             if state is not None:
                 trace["tracestate"] = state.decode("latin-1")
         head, tails = await self.dataplane.infer(
-            request, partial(write_answer, binary_all, binary_by_name), timeout, "http", trace
+            request,
+            partial(write_answer, binary_all, binary_by_name),
+            timeout=timeout,
+            protocol="http",
+            trace=trace,
         )
         if not tails:
             await _respond(send, 200, head, [_JSON])
