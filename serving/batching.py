@@ -37,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,9 +102,12 @@ class Execution:
     number: int = 0  # the batcher's queued batches so far: requests sharing a batch share it
 
 
-#: Told which execution computed a traced request, and how long the request waited in the queue
-#: for it (ns, 0 off the queue): ``Batcher.infer``'s ``trace``.
-ExecutionObserver = Callable[[Execution, int], None]
+class ExecutionObserver(Protocol):
+    """A traced request, as ``Batcher.infer``'s ``trace`` (serving/tracing.py implements it)."""
+
+    def executed(self, execution: Execution, queue_ns: int) -> None:
+        """Told which execution computed the request, and how long the request waited in the
+        queue for it (ns, 0 off the queue)."""
 
 
 @dataclass
@@ -172,7 +175,7 @@ class Batcher:
         """Run one request's feeds by the route the module docstring describes.
 
         Returns the outputs and the time the request waited in the queue (ns, 0 off the queue);
-        ``deadline`` is in event-loop time. ``trace``, if given, is called with the
+        ``deadline`` is in event-loop time. ``trace``, if given, is told the
         :class:`Execution` that computed the request and its queue time, before this returns.
         """
         if self.queued >= self.config.max_queue_size:
@@ -216,7 +219,9 @@ class Batcher:
         if trace is not None:
             # Timed backwards from now so an untraced request takes no extra clock reading.
             end = time.perf_counter_ns()
-            trace(Execution(NOW, batch_size, 1, end - infer_ns, end - infer_ns, end, end), 0)
+            trace.executed(
+                Execution(NOW, batch_size, 1, end - infer_ns, end - infer_ns, end, end), 0
+            )
         return outputs
 
     async def _direct(
@@ -237,7 +242,7 @@ class Batcher:
             # Off the caller's latency: recorded once the answer is on its way.
             asyncio.get_running_loop().call_soon(self._record_alone, batch_size, end - start)
             if trace is not None:
-                trace(Execution(DIRECT, batch_size, 1, start, start, end, end), 0)
+                trace.executed(Execution(DIRECT, batch_size, 1, start, start, end, end), 0)
             return outputs
         finally:
             self._direct_inflight -= 1
@@ -381,7 +386,7 @@ class Batcher:
                     execution = Execution(
                         QUEUED, total, len(batch), start, merged, computed, done, self._batches
                     )
-                item.trace(execution, start - item.enqueued_ns)
+                item.trace.executed(execution, start - item.enqueued_ns)
             if not item.future.done():
                 item.future.set_result((part, start - item.enqueued_ns))
 

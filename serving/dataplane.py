@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata as importlib_metadata
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -43,6 +43,14 @@ if TYPE_CHECKING:
     from serving.tracing import RequestTracer
 
 PLATFORM: Final = "onnxruntime_onnx"
+
+
+class RequestTrace(ExecutionObserver, Protocol):
+    """A traced request as the request path sees it (serving/tracing.py implements it)."""
+
+    def failed(self, exc: BaseException) -> None:
+        """Told why the request failed, before the transport maps ``exc`` to a status."""
+
 
 #: What a transport's answer writer returns (bytes for gRPC, a response for HTTP).
 T = TypeVar("T")
@@ -218,15 +226,16 @@ class DataPlane:
         Await the result; it raises a ``ServingError`` (or ``CancelledError``) the transport
         maps to a status with serving/status.py.
 
-        Not a coroutine itself: untraced (the default), it hands back :meth:`_infer`'s coroutine
-        after one test, so tracing costs an untraced request no extra frame; traced, the
-        tracer (serving/tracing.py) wraps that same path.
+        Not a coroutine itself: it hands back :meth:`_infer`'s coroutine, so tracing costs an
+        untraced request one test and no extra frame; a traced request (serving/tracing.py)
+        runs the same coroutine with its own writer and observer.
         """
         if self.tracer is None:
             return self._infer(request, write, timeout, protocol, None)
-        return self.tracer.infer(
-            self._infer, request, write, timeout=timeout, protocol=protocol, headers=trace
-        )
+        traced = self.tracer.start(write, protocol, trace)
+        if traced is None:  # not sampled
+            return self._infer(request, write, timeout, protocol, None)
+        return self._infer(request, traced.write, timeout, protocol, traced)
 
     async def _infer(
         self,
@@ -234,13 +243,19 @@ class DataPlane:
         write: Callable[[Answer], T],
         timeout: float | None,
         protocol: str,
-        trace: ExecutionObserver | None,
+        trace: RequestTrace | None,
     ) -> T:
-        """The request path (serving/README.md names its routes); ``trace`` is told which
-        execution computed the request (serving/batching.py), for a traced request only."""
-        self._check_ready()
-        start = time.perf_counter_ns()
-        served, decoded, request_id = self._decode(request, start, protocol)
+        """The request path (serving/README.md names its routes). ``trace``, for a traced
+        request only, is told which execution computed it (serving/batching.py) and, if it
+        fails, why; its ``write`` (the one passed here) marks the answer."""
+        try:
+            self._check_ready()
+            start = time.perf_counter_ns()
+            served, decoded, request_id = self._decode(request, start, protocol)
+        except BaseException as exc:
+            if trace is not None:
+                trace.failed(exc)
+            raise
         loop = asyncio.get_running_loop()
         queue_ns: int | None = None
         served.acquire()
@@ -264,6 +279,8 @@ class DataPlane:
             )
         except BaseException as exc:
             self._record(served, False, start, queue_ns, exc, protocol)
+            if trace is not None:
+                trace.failed(exc)
             raise
         finally:
             served.release()

@@ -28,6 +28,7 @@ from serving.errors import MODEL_INFER
 from serving.servicer import InferenceServicer
 from tests.serving.conftest import ServerThread, make_settings
 from tests.serving.helpers import good_request, infer_request
+from tests.serving.test_http import call, infer_body
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 4
@@ -136,12 +137,16 @@ def test_grpc_request_continues_the_callers_trace(traced: Traced) -> None:
     assert server.kind == SpanKind.SERVER
     assert server.parent is not None and server.parent.is_remote
     assert server.parent.span_id == caller_span
-    assert dict(server.attributes or {}) == {
+    attributes = dict(server.attributes or {})
+    assert attributes.pop("neuroserve.batch.number") >= 1  # type: ignore[operator]
+    assert attributes == {
         "rpc.system.name": "grpc",
         "neuroserve.model.name": "classifier",
         "neuroserve.model.version": "1",
         "neuroserve.request.id": "req-7",
+        "neuroserve.batch.size": 2,
     }
+    assert server.links == ()
     assert server.status.status_code == StatusCode.UNSET
     for name in ("queue wait", "batch", "encode"):
         parent = spans[name].parent
@@ -192,9 +197,10 @@ def test_an_unsampled_caller_is_not_traced(traced: Traced) -> None:
     assert traced.spans(trace_id) == []
 
 
-def test_concurrent_requests_each_trace_their_shared_batch(batching: Traced) -> None:
-    """``BATCH`` requests computed in one session call: every request's trace has a batch span
-    of size ``BATCH`` holding ``BATCH`` requests, all with the same batch number and times."""
+def test_concurrent_requests_share_one_linked_batch_span(batching: Traced) -> None:
+    """``BATCH`` requests computed in one session call: one batch span (size ``BATCH``, holding
+    ``BATCH`` requests) with its session call, in the first request's trace, linked to the other
+    requests' server spans, which link back to it; every server span names the batch."""
     callers = [_traceparent() for _ in range(BATCH)]
 
     async def send_all() -> None:
@@ -212,16 +218,33 @@ def test_concurrent_requests_each_trace_their_shared_batch(batching: Traced) -> 
             )
 
     asyncio.run(send_all())
-    batches = []
+    traces = {trace_id: _by_name(batching.spans(trace_id)) for trace_id, _, _ in callers}
+    servers = {t: spans["ModelInfer classifier"] for t, spans in traces.items()}
     for trace_id, caller_span, _ in callers:
-        spans = _by_name(batching.spans(trace_id))
-        assert spans["ModelInfer classifier"].parent.span_id == caller_span  # type: ignore[union-attr]
-        batches.append(spans["batch"])
-    attributes = [dict(b.attributes or {}) for b in batches]
-    assert {a["neuroserve.batch.size"] for a in attributes} == {BATCH}
-    assert {a["neuroserve.batch.requests"] for a in attributes} == {BATCH}
-    assert len({a["neuroserve.batch.number"] for a in attributes}) == 1
-    assert len({(b.start_time, b.end_time) for b in batches}) == 1
+        parent = servers[trace_id].parent
+        assert parent is not None and parent.span_id == caller_span
+        assert {"queue wait", "encode"} <= set(traces[trace_id])
+    owners = [t for t, spans in traces.items() if "batch" in spans]
+    assert len(owners) == 1, "one batch span for the whole batch"
+    owner = traces[owners[0]]
+    batch = owner["batch"]
+    assert batch.parent is not None and batch.parent.span_id == _span_id(
+        owner["ModelInfer classifier"]
+    )
+    assert owner["session call"].parent.span_id == _span_id(batch)  # type: ignore[union-attr]
+    assert dict(batch.attributes or {}) == {
+        "neuroserve.batch.route": "queued",
+        "neuroserve.batch.size": BATCH,
+        "neuroserve.batch.requests": BATCH,
+        "neuroserve.batch.number": servers[owners[0]].attributes["neuroserve.batch.number"],  # type: ignore[index]
+    }
+    members = {t: s for t, s in servers.items() if t != owners[0]}
+    assert {link.context.span_id for link in batch.links} == {_span_id(s) for s in members.values()}
+    for server in members.values():
+        assert [link.context.span_id for link in server.links] == [_span_id(batch)]
+    numbers = {s.attributes["neuroserve.batch.number"] for s in servers.values()}  # type: ignore[index]
+    assert len(numbers) == 1
+    assert {s.attributes["neuroserve.batch.size"] for s in servers.values()} == {BATCH}  # type: ignore[index]
 
 
 def test_a_failed_request_names_its_trace_in_message_span_and_log(
@@ -285,6 +308,68 @@ def test_a_garbled_traceparent_starts_a_new_trace(traced: Traced) -> None:
     )
     assert response.outputs
     assert traced.server_span(request_id).parent is None
+
+
+def _http_port(traced: Traced) -> int:
+    assert traced.thread.server is not None and traced.thread.server.http_port is not None
+    return traced.thread.server.http_port
+
+
+def test_http_request_continues_the_callers_trace(traced: Traced) -> None:
+    """REST: the traceparent header makes the server span the caller's child, with the HTTP
+    attributes, and the same children as over gRPC."""
+    trace_id, caller_span, header = _traceparent()
+    body, headers = infer_body({"input": np.ones((1, 4), np.float32)}, binary=False)
+    reply = call(
+        _http_port(traced),
+        "POST",
+        "/v2/models/classifier/infer",
+        body,
+        {**headers, "traceparent": header, "tracestate": "vendor=1"},
+    )
+    assert reply.status == 200, reply.body
+    spans = _by_name(traced.spans(trace_id))
+    assert set(spans) == {"ModelInfer classifier", "queue wait", "batch", "session call", "encode"}
+    server = spans["ModelInfer classifier"]
+    assert server.kind == SpanKind.SERVER
+    assert server.parent is not None and server.parent.span_id == caller_span
+    assert server.context is not None and server.context.trace_state.get("vendor") == "1"
+    attributes = server.attributes or {}
+    assert attributes["network.protocol.name"] == "http"
+    assert attributes["http.request.method"] == "POST"
+    assert "rpc.system.name" not in attributes
+
+
+def test_a_failed_request_has_the_same_message_on_both_transports(traced: Traced) -> None:
+    """One bad request over gRPC and over REST: the same message, each ending with its own
+    trace id, and the HTTP status on the HTTP server span."""
+    x = np.ones((2, 5), np.float32)
+    grpc_trace, _, grpc_header = _traceparent()
+    with pytest.raises(grpc.RpcError) as info:
+        traced.stub.ModelInfer(
+            infer_request("classifier", {"input": x}, raw=False),
+            timeout=10,
+            metadata=[("traceparent", grpc_header)],
+        )
+    http_trace, _, http_header = _traceparent()
+    body, headers = infer_body({"input": x}, binary=False)
+    reply = call(
+        _http_port(traced),
+        "POST",
+        "/v2/models/classifier/infer",
+        body,
+        {**headers, "traceparent": http_header},
+    )
+    assert reply.status == 400
+    grpc_message, http_message = info.value.details(), reply.error
+    grpc_suffix, http_suffix = f" (trace_id={grpc_trace:032x})", f" (trace_id={http_trace:032x})"
+    assert grpc_message.endswith(grpc_suffix) and http_message.endswith(http_suffix)
+    assert grpc_message.removesuffix(grpc_suffix) == http_message.removesuffix(http_suffix)
+    (server,) = traced.spans(http_trace)
+    assert server.status.status_code == StatusCode.ERROR
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 400
+    assert server.attributes["error.type"] == "INVALID_ARGUMENT"
 
 
 def test_tracing_off_has_no_tracer_and_reads_no_metadata(model_repo: Path) -> None:
