@@ -316,6 +316,8 @@ def main() -> int:
             str(tmp / "repo"),
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
             "--poll-interval",
             "0",
             "--intra-op-threads",

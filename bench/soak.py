@@ -128,7 +128,8 @@ class Server:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "serving", "--model-repository", str(repository),
-                "--grpc-port", str(self.port), "--metrics-port", "-1", *extra_args,
+                "--grpc-port", str(self.port), "--metrics-port", "-1", "--http-port", "-1",
+                *extra_args,
             ],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -109,6 +109,8 @@ def running_server(
         str(grpc_port),
         "--metrics-port",
         str(metrics_port),
+        "--http-port",
+        "0",  # the demo predicts over gRPC; REST takes a free port so 8000 may be in use
     ]
     log_path = Path(os.environ["NEUROSERVE_HOME"]) / "demo-server.log"
     with log_path.open("wb") as log:
