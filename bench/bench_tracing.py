@@ -14,6 +14,7 @@ another is measured), the load pinned to core 1:
   as in production; only the serialisation and sending of the exporter are left out (the console
   exporter, the default without ``--otlp-endpoint``, writes JSON to stderr and would measure the
   terminal).
+* ``--also-rate R``: also ``--trace-rate R`` with the no-op exporter (what sampling saves).
 * ``--otlp``: also ``--trace-rate 1 --otlp-endpoint`` to a sink in this process that accepts
   OTLP/gRPC exports and drops them: the full production path, exporter included.
 * ``--baseline-tree DIR``: also a server from another checkout (e.g. ``git worktree add DIR
@@ -154,6 +155,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="callers (32)")
     parser.add_argument("--otlp", action="store_true", help="add the OTLP-to-a-sink row")
     parser.add_argument(
+        "--also-rate",
+        type=float,
+        help="add a row sampling this fraction of requests (no-op export), e.g. 0.1",
+    )
+    parser.add_argument(
         "--model-file",
         type=Path,
         help="serve this ONNX model instead (one FP32 input named 'input', batch axis first; "
@@ -204,6 +210,14 @@ def main() -> int:
             (OFF, [PY, "-m", "serving", *flags, "--trace-rate", "0"]),
             (NOOP, [PY, "-c", NOOP_SERVER, *flags, "--trace-rate", "1"]),
         ]
+        if args.also_rate is not None:
+            rate = f"{args.also_rate:g}"
+            servers.append(
+                (
+                    f"tracing {rate}, no-op export",
+                    [PY, "-c", NOOP_SERVER, *flags, "--trace-rate", rate],
+                )
+            )
         if args.otlp:
             sink = stack.enter_context(otlp_sink())
             servers.append(

@@ -32,13 +32,16 @@ MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 TRACE_KEYS: Final = frozenset({"traceparent", "tracestate"})
 
 
-def trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    """The caller's ``traceparent``/``tracestate``, read only by the traced handlers."""
-    return {
-        key: value
-        for key, value in context.invocation_metadata() or ()
-        if key in TRACE_KEYS and isinstance(value, str)
-    }
+def trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str] | None:
+    """The caller's ``traceparent``/``tracestate`` (None without them), read only by the
+    traced handlers: reading a call's metadata is a cost of its own on every request."""
+    found: dict[str, str] | None = None
+    for key, value in context.invocation_metadata() or ():
+        if key in TRACE_KEYS:  # text keys: gRPC gives their values as str
+            if found is None:
+                found = {}
+            found[key] = value
+    return found
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -26,8 +26,9 @@ one link away. Every server span has ``neuroserve.batch.size`` and ``neuroserve.
 
 **Spans after the answer.** The batcher and the transport's writer only note timestamps
 (``time.perf_counter_ns``, converted to the epoch with one offset taken at start, so every span of
-a request is on one clock); the spans are created once the answer is on its way (``call_soon``),
-off the request's latency, like the request statistics.
+a request is on one clock); the spans are created once the answer is on its way (one
+``call_soon`` for the requests answered in a loop turn), off the request's latency, like the
+request statistics.
 
 **Errors.** A sampled request that fails gets its trace id in the message the caller reads,
 ``... (trace_id=<32 hex>)``, on gRPC and HTTP alike (serving/status.py appends it), and one log
@@ -141,6 +142,8 @@ class RequestTracer:
         self.propagator = TraceContextTextMapPropagator()
         #: The batch the last traced request was computed in (see _TracedRequest.executed).
         self.last_batch: _BatchTrace | None = None
+        #: Requests answered in this loop turn whose spans are still to be made.
+        self.ending: list[tuple[_TracedRequest[Any], int, BaseException | None]] = []
         # perf_counter_ns -> ns since the epoch: the batcher's clock, read once.
         self.epoch_ns = time.time_ns() - time.perf_counter_ns()
 
@@ -173,6 +176,18 @@ class RequestTracer:
         if sampling.attributes:
             traced.attributes.update(sampling.attributes)
         return traced
+
+    def ended(self, request: _TracedRequest[Any], end_ns: int, exc: BaseException | None) -> None:
+        """Queue a request's spans to be made once the answer is on its way: off its latency,
+        and in one loop callback for all the requests that ended in the same loop turn."""
+        if not self.ending:
+            asyncio.get_running_loop().call_soon(self._finish_ended)
+        self.ending.append((request, end_ns, exc))
+
+    def _finish_ended(self) -> None:
+        ending, self.ending = self.ending, []
+        for request, end_ns, exc in ending:
+            request.finish(end_ns, exc)
 
     def close(self) -> None:
         """Export what is buffered and stop the exporter (blocks; the SDK also does it at exit)."""
@@ -273,8 +288,7 @@ class _TracedRequest(Generic[T]):
     def _end(self, end_ns: int, exc: BaseException | None) -> None:
         if not self.finished:
             self.finished = True
-            # Spans are made off the request's latency, once the answer is on its way.
-            asyncio.get_running_loop().call_soon(self.finish, end_ns, exc)
+            self.owner.ended(self, end_ns, exc)
 
     def _child_context(self) -> SpanContext:
         trace = self.context
@@ -298,18 +312,20 @@ class _TracedRequest(Generic[T]):
         """Hand one finished span (perf_counter times) to the exporter."""
         owner = self.owner
         owner.processor.on_end(
-            ReadableSpan(
+            ReadableSpan(  # positionally: keywords cost more than the rest of the call
                 name,
                 context or self._child_context(),
                 parent,
                 owner.resource,
                 attributes,
-                links=links,
-                kind=kind,
-                status=status,
-                start_time=start_ns + owner.epoch_ns,
-                end_time=end_ns + owner.epoch_ns,
-                instrumentation_scope=owner.scope,
+                (),
+                links,
+                kind,
+                None,
+                status,
+                start_ns + owner.epoch_ns,
+                end_ns + owner.epoch_ns,
+                owner.scope,
             )
         )
 

@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -370,6 +371,47 @@ def test_a_failed_request_has_the_same_message_on_both_transports(traced: Traced
     assert server.attributes is not None
     assert server.attributes["http.response.status_code"] == 400
     assert server.attributes["error.type"] == "INVALID_ARGUMENT"
+
+
+def test_spans_reach_an_otlp_collector(model_repo: Path) -> None:
+    """With ``otlp_endpoint``, the OTLP/gRPC exporter (the ``tracing`` extra) delivers the
+    request's spans to a collector: here a receiver on loopback that keeps what it is sent."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as ts_grpc
+
+    received: list[tuple[bytes, str]] = []
+
+    class Collector(ts_grpc.TraceServiceServicer):
+        def Export(self, request: ts.ExportTraceServiceRequest, context: object) -> object:
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    received.extend((span.trace_id, span.name) for span in scope_spans.spans)
+            return ts.ExportTraceServiceResponse()
+
+    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ts_grpc.add_TraceServiceServicer_to_server(Collector(), collector)
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    thread = ServerThread(
+        make_settings(
+            model_repo,
+            model_names=["classifier"],
+            trace_rate=1.0,
+            otlp_endpoint=f"http://127.0.0.1:{port}",
+        )
+    ).start()
+    try:
+        trace_id, _, header = _traceparent()
+        with grpc.insecure_channel(thread.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stub.ModelInfer(good_request(), timeout=10, metadata=[("traceparent", header)])
+        assert thread.server is not None
+        thread.call(thread.server.dataplane.close())  # exports what is buffered, then stops
+    finally:
+        thread.stop()
+        collector.stop(0)
+    names = sorted(name for tid, name in received if tid == trace_id.to_bytes(16, "big"))
+    assert names == ["ModelInfer classifier", "batch", "encode", "queue wait", "session call"]
 
 
 def test_tracing_off_has_no_tracer_and_reads_no_metadata(model_repo: Path) -> None:
