@@ -277,6 +277,7 @@ class InferenceServer:
             stopping.append(self.rest.stop(grace))
         await asyncio.gather(*stopping)
         await self.repository.close()
+        await self.dataplane.close()  # flushes the spans still buffered, if tracing is on
         if self.metrics_server is not None:
             self.metrics_server.close()
         log_event("server_stopped", address=self.address)
