@@ -6,10 +6,11 @@ one of three routes:
 * **now** (a shortcut, on with ``fast_paths``): the session computes on the event loop (tiny
   models, see serving/runtime.py), nothing is queued or running, and the request is alone -- it
   runs on the caller's stack straight away, like an unbatched server, without the queue's loop
-  turns. "Alone" means the model is in *solo* mode: the first request that arrives while another
-  one was being computed (or within ``SOLO_GAP_NS`` of it finishing) switches the queue on, and
-  ``SOLO_AFTER`` batches in a row of one request switch it off again. Only where no queue delay
-  is configured: a lone request would not wait anyway.
+  turns. "Alone" means the model is in *solo* mode: a request that arrives while another one is
+  queued or running, or ``SOLO_CLOSE_CALLS`` in a row that each arrive within ``SOLO_GAP_NS`` of
+  the previous one finishing, switch the queue on; ``SOLO_AFTER`` batches in a row of one request
+  switch it off again. Only where no queue delay is configured: a lone request would not wait
+  anyway.
 * **direct**: batching is off for this model (disabled, not batchable, ``max_batch_size`` 1): the
   request runs alone through ``runtime.predict``.
 * **queued**: one consumer task per batcher, one future per request (after MLServer's
@@ -70,11 +71,15 @@ class BatchingConfig:
     fast_paths: bool = True  # the *now* route (see the module docstring)
 
 
-#: A request arriving sooner than this after the previous one finished was waiting for it: one
-#: caller's next request comes at least a network round trip later, while a request that was
-#: already waiting is dispatched within a fraction of that. Only an unusually slow host would see
-#: every gap under load above it, and then requests run as if unbatched.
-SOLO_GAP_NS = 200_000
+#: A request arriving sooner than this after the previous one finished was probably waiting for
+#: it: one caller's next request comes at least a network round trip later, while a request that
+#: was already waiting is dispatched within a fraction of that. Only an unusually slow host would
+#: see every gap under load above it, and then requests run as if unbatched.
+SOLO_GAP_NS = 100_000
+#: Requests in a row arriving within ``SOLO_GAP_NS`` that end solo mode. One such request may be
+#: a quick caller on a fast host (c=1 over loopback); two in a row are a burst. Chosen with
+#: bench/peers.sh at c=1 and c=32 on both CNNs (gaps of 50-200 µs, 1-3 in a row compared).
+SOLO_CLOSE_CALLS = 2
 #: Batches in a row of one request after which requests skip the queue again.
 SOLO_AFTER = 16
 
@@ -147,6 +152,7 @@ class Batcher:
         )
         self._solo_done_ns = 0  # when the last solo request finished
         self._singles = 0  # batches in a row that held one request
+        self._close_calls = 0  # now-route requests in a row that came right after the last
         self._batches = 0  # queued batches run (numbers them for traces)
         self._task: asyncio.Task[None] | None = None
         if self._batching:
@@ -197,9 +203,17 @@ class Batcher:
         """Nothing queued or running, and (when batching) the model is in solo mode."""
         if self._pending or self._direct_inflight:
             return False
-        return not self._batching or (
-            self._solo and time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS
-        )
+        if not self._batching:
+            return True
+        if not self._solo:
+            return False
+        if time.perf_counter_ns() - self._solo_done_ns > SOLO_GAP_NS:
+            self._close_calls = 0
+            return True
+        # Arrived right after the last one finished: a burst, or just a quick caller. Only
+        # several in a row say "burst"; one quick caller on a fast host keeps the now route.
+        self._close_calls += 1
+        return self._close_calls < SOLO_CLOSE_CALLS
 
     def _run_now(
         self,
@@ -373,6 +387,7 @@ class Batcher:
         self._singles = self._singles + 1 if len(batch) == 1 else 0
         if self._singles >= SOLO_AFTER:
             self._solo, self._singles, self._solo_done_ns = True, 0, done
+            self._close_calls = 0
         total = sum(sizes)
         self.stats.record_execution(
             total, len(batch), merged - start, computed - merged, done - computed
