@@ -75,10 +75,12 @@ class BatchingConfig:
 #: it: one caller's next request comes at least a network round trip later, while a request that
 #: was already waiting is dispatched within a fraction of that. Only an unusually slow host would
 #: see every gap under load above it, and then requests run as if unbatched.
-SOLO_GAP_NS = 100_000
+SOLO_GAP_NS = 200_000
 #: Requests in a row arriving within ``SOLO_GAP_NS`` that end solo mode. One such request may be
 #: a quick caller on a fast host (c=1 over loopback); two in a row are a burst. Chosen with
-#: bench/peers.sh at c=1 and c=32 on both CNNs (gaps of 50-200 µs, 1-3 in a row compared).
+#: bench/peers.sh at c=1 and c=32 on both CNNs (gaps of 50-200 µs, 1-3 in a row compared) and
+#: bench/bench_tracing.py: a shorter gap let per-request work after the answer (tracing at
+#: 100 %) stretch the gaps under load past it, and the model stopped batching.
 SOLO_CLOSE_CALLS = 2
 #: Batches in a row of one request after which requests skip the queue again.
 SOLO_AFTER = 16
