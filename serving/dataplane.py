@@ -120,7 +120,8 @@ class DataPlane:
         """Ready once the first repository scan finished and until shutdown begins."""
         return self.started and not self.shutting_down
 
-    def _check_ready(self) -> None:
+    def check_ready(self) -> None:
+        """Raise ``ServerUnavailableError`` saying why the server is not taking requests."""
         if self.shutting_down:
             raise ServerUnavailableError("server is shutting down; retry on another replica")
         if not self.started:
@@ -249,7 +250,7 @@ class DataPlane:
         request only, is told which execution computed it (serving/batching.py) and, if it
         fails, why; its ``write`` (the one passed here) marks the answer."""
         try:
-            self._check_ready()
+            self.check_ready()
             start = time.perf_counter_ns()
             served, decoded, request_id = self._decode(request, start, protocol)
         except BaseException as exc:

@@ -491,11 +491,11 @@ class RestApp:
             return b""
         if endpoint == "ready":
             if not dp.ready():
-                dp._check_ready()  # raises the reason (starting, or shutting down)
+                dp.check_ready()  # raises the reason (starting, or shutting down)
             return b""
         if endpoint == "model_ready":
             if not dp.model_ready(model, version):
-                dp._check_ready()
+                dp.check_ready()
                 dp.repository.get(model, version)  # raises why: unknown, or not loaded
                 raise ModelUnavailableError(model, "not ready")
             return b""
