@@ -112,7 +112,32 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--auth-token",
         dest="auth_token",
         metavar="TOKEN",
-        help="require 'authorization: Bearer TOKEN' (health and liveness stay open)",
+        help="require 'authorization: Bearer TOKEN' (health stays open); visible in process "
+        "listings, so prefer --auth-token-file or NEUROSERVE_AUTH_TOKEN",
+    )
+    add(
+        "--auth-token-file",
+        dest="auth_token_file",
+        metavar="FILE",
+        help="read the inference token from FILE (stripped)",
+    )
+    add(
+        "--admin-token",
+        dest="admin_token",
+        metavar="TOKEN",
+        help="a separate token for model-repository and statistics (default: the auth token)",
+    )
+    add(
+        "--admin-token-file",
+        dest="admin_token_file",
+        metavar="FILE",
+        help="read the admin token from FILE (stripped)",
+    )
+    add(
+        "--admin-can-infer",
+        dest="admin_can_infer",
+        action="store_true",
+        help="let the admin token call inference too (off)",
     )
     add(
         "--providers",

@@ -18,6 +18,7 @@ Hierarchy (the gRPC and HTTP status each maps to is decided in one place, ``serv
     │   └── HeadersTooLargeError   an HTTP request line and headers over their bound
     ├── DeadlineExceededError      the caller's deadline passed before the work ran
     ├── UnauthenticatedError       missing or wrong bearer token
+    ├── PermissionDeniedError      a valid token of another endpoint group (inference vs admin)
     ├── ModelLoadError             a model file could not be loaded
     └── InferenceFailedError       the engine raised on a valid request
 
@@ -173,6 +174,10 @@ class DeadlineExceededError(ServingError):
 
 class UnauthenticatedError(ServingError):
     """Missing or wrong bearer token."""
+
+
+class PermissionDeniedError(ServingError):
+    """A valid token, but of a group that may not call this endpoint (serving/auth.py)."""
 
 
 class ModelLoadError(ServingError):

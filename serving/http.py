@@ -43,7 +43,17 @@ from google.protobuf.message import Message
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving._proto import grpc_service_pb2 as pb
-from serving.auth import token_error, token_matches
+from serving.auth import (
+    AUDITED,
+    REST_EQUIVALENT,
+    Authorizer,
+    Group,
+    audit,
+    audited,
+    authorizer_of,
+    ready_versions,
+    rest_group,
+)
 from serving.codecs import CONTENTS_FIELD, Answer
 from serving.dataplane import DataPlane
 from serving.datatypes import datatype_of
@@ -56,6 +66,7 @@ from serving.errors import (
     RequestTooLargeError,
     RouteNotFoundError,
     ServerUnavailableError,
+    ServingError,
     UnsupportedMediaTypeError,
 )
 from serving.settings import Settings
@@ -88,9 +99,8 @@ READABLE_TYPES: Final = frozenset(
 #: zlib window bits: gzip framing, or zlib framing for HTTP's "deflate".
 ENCODINGS: Final = {b"gzip": 31, b"deflate": 15, b"identity": 0}
 
-#: Paths answered without a token, as gRPC leaves grpc.health.v1 and ServerLive open: probes from
-#: load balancers and orchestrators carry no credentials.
-OPEN_PATHS: Final = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: REST endpoint -> the audit line's action, for the model-repository endpoints.
+AUDITED_REST: Final = {e: AUDITED[m] for e, m in REST_EQUIVALENT.items() if m in AUDITED}
 
 _JSON: Final = (b"content-type", b"application/json")
 _OCTETS: Final = (b"content-type", b"application/octet-stream")
@@ -403,13 +413,8 @@ class RestApp:
     def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
         self.dataplane = dataplane
         self.max_body = settings.max_message_bytes
-        token = settings.auth_token
-        self._expected: bytes | None = None
-        if token is not None:
-            secret = token.get_secret_value()
-            if not secret:
-                raise ValueError("an empty auth token would accept anyone; leave auth off instead")
-            self._expected = f"Bearer {secret}".encode()
+        authorizer = authorizer_of(settings)
+        self.authorizer: Authorizer | None = authorizer if authorizer.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request (lifespan and websockets are off in the server's config)."""
@@ -417,17 +422,23 @@ class RestApp:
             return
         headers: dict[bytes, bytes] = dict(scope["headers"])
         try:
-            if self._expected is not None and scope["path"] not in OPEN_PATHS:
-                given = headers.get(b"authorization", b"")
-                if not token_matches(given, self._expected):
-                    raise token_error(bool(given))
-            method, endpoint, model, version = resolve(scope["path"])
+            try:
+                method, endpoint, model, version = resolve(scope["path"])
+            except RouteNotFoundError:
+                if self.authorizer is not None:  # no route is inference: 401 before 404
+                    self.authorizer.check(Group.INFERENCE, headers.get(b"authorization", b""))
+                raise
+            action = AUDITED_REST.get(endpoint)
+            if self.authorizer is not None:
+                self._authorize(scope, headers, endpoint, action, model)
             if scope["method"] != method:
                 raise MethodNotAllowedError(scope["method"], scope["path"], method)
             if endpoint == "infer":
                 await self._infer(model, version, headers, receive, send)
             else:
-                body = await self._endpoint(endpoint, model, version, headers, receive)
+                body = await self._control(
+                    scope, headers, receive, endpoint=endpoint, model=model, version=version
+                )
                 await _respond(send, 200, body, [_JSON] if body else [])
         except Exception as exc:  # every failure becomes its status and {"error": message}
             await _respond_error(send, exc)
@@ -436,6 +447,55 @@ class RestApp:
             # like any other failure (uvicorn would log a traceback and answer a bare 500). The
             # task ends here either way; nothing awaits it.
             await _respond_error(send, exc)
+
+    def _authorize(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        endpoint: str,
+        action: str | None,
+        model: str,
+    ) -> None:
+        """Refuse a request its group's credential does not allow (serving/auth.py decides);
+        a refused model-repository request gets its audit line."""
+        assert self.authorizer is not None
+        given = headers.get(b"authorization", b"")
+        try:
+            self.authorizer.check(rest_group(endpoint), given)
+        except ServingError as exc:
+            if action is not None:
+                audit(
+                    credential=self.authorizer.credential(given),
+                    peer=_peer(scope),
+                    action=action,
+                    model=model,
+                    outcome=status_of(exc).label,
+                )
+            raise
+
+    async def _control(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        *,
+        endpoint: str,
+        model: str,
+        version: str,
+    ) -> bytes:
+        """``_endpoint``, with an audit line when it is a model-repository action."""
+        action = AUDITED_REST.get(endpoint)
+        if action is None:
+            return await self._endpoint(endpoint, model, version, headers, receive)
+        return await audited(
+            self.authorizer,
+            given=headers.get(b"authorization", b""),
+            peer=_peer(scope),
+            action=action,
+            model=model,
+            work=lambda: self._endpoint(endpoint, model, version, headers, receive),
+            versions=lambda: ready_versions(self.dataplane.repository.index(), model),
+        )
 
     async def _infer(
         self, model: str, version: str, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -554,6 +614,15 @@ class RestApp:
         if encoding is not None:
             body = _decompress(body, encoding, limit)
         return body
+
+
+def _peer(scope: Scope) -> str:
+    """The client's address as gRPC's ``context.peer()`` writes it (``ipv4:host:port``)."""
+    client = scope.get("client")
+    if not client:
+        return "-"
+    host, port = client[0], client[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 def _header_length(value: bytes, body_length: int) -> int:

@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from serving._proto import _pool
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
-from serving.auth import BearerTokenInterceptor
+from serving.auth import BearerTokenInterceptor, authorizer_of
 from serving.dataplane import DataPlane
 from serving.errors import UNDECODABLE, MalformedRequestError
 from serving.logs import configure, log_event
@@ -169,9 +169,10 @@ class InferenceServer:
         )
         self.dataplane = DataPlane(settings, self.repository, self.metrics)
         # No interceptor unless auth needs one: grpc.aio runs the chain on every RPC.
+        self.authorizer = authorizer_of(settings)
         interceptors: list[grpc.aio.ServerInterceptor] = []
-        if settings.auth_token is not None:
-            interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
+        if self.authorizer.enabled:
+            interceptors.append(BearerTokenInterceptor(self.authorizer))
         limit = settings.max_message_bytes
         self.grpc_server = grpc.aio.server(
             interceptors=interceptors,
@@ -181,7 +182,7 @@ class InferenceServer:
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ],
         )
-        servicer = InferenceServicer(self.dataplane)
+        servicer = InferenceServicer(self.dataplane, self.authorizer)
         # The inference RPCs take and return bytes (see InferenceServicer.raw_handlers).
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             servicer, _DecodeGuardRegistrar(self.grpc_server, servicer.raw_handlers())
@@ -247,6 +248,7 @@ class InferenceServer:
             auth=self.settings.auth_token is not None,
             source=self.repository.source.description,
         )
+        self.authorizer.log_start()
         if self.settings.metrics_port >= 0 and not multiprocess_enabled():
             self.metrics_server = MetricsHTTPServer(
                 self.metrics.registry, self.settings.host, self.settings.metrics_port

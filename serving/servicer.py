@@ -14,18 +14,21 @@ common request on either RPC.
 # ruff: noqa: N802  (method names are fixed by the proto service)
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, TypeVar
 
 import grpc
 
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
+from serving.auth import Authorizer, audited, metadata_token, ready_versions
 from serving.codecs import ResponseWriter
 from serving.dataplane import DataPlane
 from serving.errors import MODEL_INFER
 from serving.status import abort, grpc_errors, stream_error_message
 from serving.wire import stream_frame
+
+T = TypeVar("T")
 
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: The W3C trace context metadata keys passed to the data plane (gRPC lowercases keys).
@@ -47,8 +50,9 @@ def trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str] | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` backed by a ``DataPlane``."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, authorizer: Authorizer | None = None) -> None:
         self.dataplane = dataplane
+        self.authorizer = authorizer  # names the credential in audit lines (serving/auth.py)
         self.writer = ResponseWriter(fast=dataplane.fast_paths)
 
     def raw_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -151,21 +155,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        return self.dataplane.repository_index(request.ready)
+        async def work() -> pb.RepositoryIndexResponse:
+            return self.dataplane.repository_index(request.ready)
+
+        return await self._audited(context, "index", "", work)
 
     @grpc_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load_model(request.model_name)
+        name = request.model_name
+        await self._audited(context, "load", name, lambda: self.dataplane.load_model(name))
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dataplane.unload_model(request.model_name)
+        name = request.model_name
+        await self._audited(context, "unload", name, lambda: self.dataplane.unload_model(name))
         return pb.RepositoryModelUnloadResponse()
+
+    async def _audited(
+        self,
+        context: grpc.aio.ServicerContext,
+        action: str,
+        model: str,
+        work: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run a model-repository action, writing its audit line (serving/auth.py)."""
+        return await audited(
+            self.authorizer,
+            given=metadata_token(context.invocation_metadata()),
+            peer=context.peer(),
+            action=action,
+            model=model,
+            work=work,
+            versions=lambda: ready_versions(self.dataplane.repository.index(), model),
+        )
 
 
 def _stream_error(raw: bytes, exc: Exception) -> pb.ModelStreamInferResponse:

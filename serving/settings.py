@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Default size limit for one gRPC message, both directions. Triton-style clients send whole
@@ -117,8 +117,25 @@ class Settings(BaseSettings):
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
 
     auth_token: SecretStr | None = None
-    """Bearer token required in ``authorization`` metadata on every RPC except health and
-    liveness. Unset: no authentication (fine on loopback, not on a network)."""
+    """Bearer token required in ``authorization`` metadata on every call except health (live,
+    ready). Without ``admin_token`` it also guards model-repository and statistics. Unset or
+    empty: no authentication (fine on loopback, not on a network)."""
+
+    auth_token_file: Path | None = None
+    """File holding ``auth_token`` (surrounding whitespace stripped), so the token stays out of
+    process listings and environment dumps; set this or ``auth_token``, not both."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token for the control plane: model-repository (index, load, unload) and
+    statistics. Set, the inference token gets PERMISSION_DENIED there. Unset or empty: the
+    control plane follows ``auth_token``, and the server logs that at start-up."""
+
+    admin_token_file: Path | None = None
+    """File holding ``admin_token`` (stripped); set this or ``admin_token``, not both."""
+
+    admin_can_infer: bool = False
+    """Let the admin token call inference too. Off: it gets PERMISSION_DENIED there, so the
+    operators' token is never worth putting in an application."""
 
     # --- batching -----------------------------------------------------------------------------
     dynamic_batching: bool = True
@@ -189,6 +206,33 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("auth_token", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable (``NEUROSERVE_AUTH_TOKEN=`` in .env.example, ``${VAR:-}`` in
+        # docker-compose.yml) means "not set", as the example file documents.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _token_files(self) -> Settings:
+        for name in ("auth_token", "admin_token"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"set {name} or {name}_file, not both")
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{name}_file {str(path)!r} could not be read: {exc}") from None
+            if not token:
+                raise ValueError(
+                    f"{name}_file {str(path)!r} is empty; write the token into it, or unset "
+                    f"{name}_file to run without one"
+                )
+            setattr(self, name, SecretStr(token))
+        return self
 
     @field_validator("max_batch_size", "workers", "max_queue_size")
     @classmethod

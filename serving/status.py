@@ -33,6 +33,7 @@ GRPC_CODE: Final[dict[type[errors.ServingError], grpc.StatusCode]] = {
     errors.QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InferenceFailedError: grpc.StatusCode.INTERNAL,
     # Errors only the REST adapter raises (its framing: path, method, size, encoding).

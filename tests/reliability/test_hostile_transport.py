@@ -175,8 +175,8 @@ def test_wrong_tokens_are_refused_on_every_guarded_rpc(auth_server: ServerThread
             "ModelMetadata": lambda md: stub.ModelMetadata(
                 pb.ModelMetadataRequest(name="classifier"), metadata=md, timeout=5
             ),
-            "ServerReady": lambda md: stub.ServerReady(
-                pb.ServerReadyRequest(), metadata=md, timeout=5
+            "ModelStatistics": lambda md: stub.ModelStatistics(
+                pb.ModelStatisticsRequest(name="classifier"), metadata=md, timeout=5
             ),
             "RepositoryIndex": lambda md: stub.RepositoryIndex(
                 pb.RepositoryIndexRequest(), metadata=md, timeout=5
