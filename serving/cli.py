@@ -195,7 +195,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        print(f"invalid server settings:\n{exc}", file=sys.stderr)
+        # Not str(exc): pydantic echoes the whole input, tokens included.
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        print("invalid server settings:\n" + "\n".join(lines), file=sys.stderr)
         return 2
     try:
         return run(settings)
