@@ -39,6 +39,7 @@ import grpc
 from serving._proto import grpc_service_pb2 as pb
 from serving.errors import PermissionDeniedError, ServingError, UnauthenticatedError
 from serving.logs import log_event
+from serving.repository import READY
 from serving.status import abort, status_of
 
 if TYPE_CHECKING:
@@ -108,9 +109,6 @@ _REQUEST_TYPES: Final[dict[str, Callable[[bytes], Any]]] = {
     _SERVICE + "RepositoryModelLoad": pb.RepositoryModelLoadRequest.FromString,
     _SERVICE + "RepositoryModelUnload": pb.RepositoryModelUnloadRequest.FromString,
 }
-
-#: Kept for callers of the old name: the methods answered without any token.
-OPEN_METHODS: Final = frozenset(m for m, g in GRPC_GROUPS.items() if g is Group.HEALTH)
 
 
 def group_of(method: str) -> Group:
@@ -226,7 +224,7 @@ def audit(
 
 def ready_versions(index: Iterable[tuple[str, str, Any, str]], model: str) -> str:
     """The model's ready versions from a repository index, for the audit line."""
-    found = [str(v) for n, v, state, _ in index if n == model and state == "READY"]
+    found = [str(v) for n, v, state, _ in index if n == model and state == READY]
     return ",".join(found) or "-"
 
 

@@ -21,7 +21,7 @@ from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.codecs import CLASSIFICATION, CONTENTS_FIELD, set_typed
 from serving.datatypes import NUMPY_OF, datatype_of
 from serving.settings import DEFAULT_MAX_MESSAGE_BYTES
-from serving.wire import deserialize_bytes_tensor, serialize_bytes_tensor
+from serving.wire import deserialize_bytes_tensor, raw_tensor
 
 
 def encode_inputs(
@@ -35,10 +35,7 @@ def encode_inputs(
         datatype = datatype_of(array)
         tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw or datatype == "FP16":
-            if datatype == "BYTES":
-                request.raw_input_contents.append(serialize_bytes_tensor(array))
-            else:
-                request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+            request.raw_input_contents.append(raw_tensor(array))
         else:
             set_typed(tensor.contents, datatype, array)
     return request

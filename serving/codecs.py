@@ -38,7 +38,7 @@ from serving.datatypes import LITTLE_ENDIAN, NUMPY_OF, datatype_of
 from serving.errors import InvalidInputError
 from serving.runtime import TensorSpec
 from serving.signature import ModelSignature, RequestedOutput, element_count
-from serving.wire import deserialize_bytes_tensor, response_body, serialize_bytes_tensor
+from serving.wire import deserialize_bytes_tensor, raw_tensor, response_body
 
 #: Typed-contents field per datatype. FP16 has none: it travels raw only.
 CONTENTS_FIELD: Final[dict[str, str]] = {
@@ -457,10 +457,8 @@ def response_message(answer: Answer) -> pb.ModelInferResponse:
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if typed:
             set_typed(tensor.contents, datatype, array)
-        elif datatype == "BYTES":
-            response.raw_output_contents.append(serialize_bytes_tensor(array))
         else:
-            response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+            response.raw_output_contents.append(raw_tensor(array))
     return response
 
 

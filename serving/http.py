@@ -71,7 +71,7 @@ from serving.errors import (
 )
 from serving.settings import Settings
 from serving.status import status_of
-from serving.wire import serialize_bytes_tensor
+from serving.wire import raw_tensor
 
 Scope = MutableMapping[str, Any]
 AsgiMessage = MutableMapping[str, Any]
@@ -349,11 +349,7 @@ def write_answer(
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
         as_binary = binary_all if binary_by_name is None else binary_by_name.get(name, binary_all)
         if as_binary:
-            data = (
-                serialize_bytes_tensor(array)
-                if datatype == "BYTES"
-                else np.ascontiguousarray(array).tobytes()
-            )
+            data = raw_tensor(array)
             entry["parameters"] = {"binary_data_size": len(data)}
             tails.append(data)
         else:

@@ -242,7 +242,7 @@ class InferenceServer:
         log_event(
             "server_listening",
             address=self.address,
-            http_port=self.http_port if self.rest is not None else "-",
+            http_port=self.http_port or "-",
             tls=self.settings.tls_enabled(),
             mtls=self.settings.tls_ca_file is not None,
             auth=self.settings.auth_token is not None,
@@ -259,7 +259,7 @@ class InferenceServer:
         log_event(
             "server_ready",
             address=self.address,
-            http_port=self.http_port if self.rest is not None else "-",
+            http_port=self.http_port or "-",
             models=",".join(sorted(self.repository.models)) or "-",
             ready_models=self.repository.ready_count(),
             metrics_port=self.metrics_server.port if self.metrics_server else "-",

@@ -33,6 +33,13 @@ def serialize_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def raw_tensor(array: np.ndarray) -> bytes:
+    """A tensor as KServe's raw contents: row-major bytes, or length-prefixed BYTES elements."""
+    if array.dtype.kind in "OSU":  # what datatype_of calls BYTES
+        return serialize_bytes_tensor(array)
+    return np.ascontiguousarray(array).tobytes()
+
+
 def deserialize_bytes_tensor(raw: bytes) -> list[bytes]:
     """Decode raw BYTES elements; raise ``ValueError`` when the lengths do not add up."""
     items: list[bytes] = []
