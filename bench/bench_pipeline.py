@@ -77,7 +77,7 @@ def main() -> None:
 
     def timed_flow() -> None:
         start = time.perf_counter()
-        with settings.embedded_flow_settings():  # as the CLI runs it
+        with settings.flow_settings():  # as the CLI runs it
             state = train_flow(spec.to_dict(), return_state=True)
         runs.append((time.perf_counter() - start, state.state_details.flow_run_id))
 

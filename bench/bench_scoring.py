@@ -123,7 +123,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.settings import embedded_flow_settings
+    from pipelines.settings import flow_settings
 
     rows_list = [args.rows, args.rows * args.scale] if args.scale > 1 else [args.rows]
     results: list[tuple[int, float, float, float]] = []
@@ -131,7 +131,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         path, label = _model_path(args.model, tmp)
         out = tmp / f"scores.{args.output_format}"
-        with embedded_flow_settings():
+        with flow_settings():
             for rows in rows_list:
                 x = _images(rows)
                 npz = tmp / f"images-{rows}.npz"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Annotated, Any, TypeVar
@@ -311,22 +312,18 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError)
 
 
-def bootstrap(check_prefect: bool = True) -> None:
-    """Environment first (PREFECT_HOME, analytics off), then quiet library loggers.
-
-    With ``PREFECT_API_URL`` set, check the API answers before any flow starts, so a dead
-    server is one clear line rather than a stack of retries.
+def bootstrap(prefect: bool = True) -> None:
+    """Environment first (PREFECT_HOME, analytics off), then quiet library loggers, then (for
+    commands that run flows) the Prefect API: the user's ``PREFECT_API_URL`` must answer, else the
+    shared local server is found or started in the background while the command imports the rest.
     """
-    from pipelines import settings
+    from pipelines import prefect_api, settings
 
     settings.prepare_environment()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("serving").setLevel(logging.WARNING)
-    url = os.environ.get("PREFECT_API_URL")
-    if check_prefect and url:
-        from pipelines.schedule import check_api
-
-        check_api(url)
+    if prefect:
+        prefect_api.select()
 
 
 def register_command(fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:
@@ -432,7 +429,7 @@ def train(
     from pipelines import settings
     from pipelines.flows import train_flow
 
-    with settings.embedded_flow_settings():
+    with settings.flow_settings():
         outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
 
@@ -501,7 +498,7 @@ def compare(
     # Checked before anything runs: unknown parameters or values are one red line.
     compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary], seeds)
 
-    with settings.embedded_flow_settings():
+    with settings.flow_settings():
         outcome = compare_mod.compare_flow(
             spec.to_dict(), list(vary), model_name=name, progress=True, seeds=seeds
         )
@@ -564,7 +561,7 @@ def retrain(
     from pipelines import settings
     from pipelines.flows import retrain_flow
 
-    with settings.embedded_flow_settings():
+    with settings.flow_settings():
         reports = retrain_flow(list(model) if model else None)
     table = Table(title="retrain")
     table.add_column("model")
@@ -590,7 +587,7 @@ def schedule(
     ] = True,
 ) -> None:
     """Serve retraining on a cron schedule (Prefect serve); blocks until Ctrl-C."""
-    bootstrap(check_prefect=False)
+    bootstrap(prefect=False)
     from pipelines import schedule as schedule_mod
 
     schedule_mod.deployments(cron, list(model) if model else None)  # validate before starting
@@ -689,7 +686,7 @@ def score(
 @user_errors
 def models() -> None:
     """Registered models, their champion version and its primary test metric."""
-    bootstrap(check_prefect=False)
+    bootstrap(prefect=False)
     from pipelines import registry, tracking
 
     rows = registry.summarize(tracking.connect())
@@ -711,6 +708,71 @@ def models() -> None:
         )
         return
     console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# server: the shared local Prefect API (not the model server, which is `serve`)
+
+server_app = typer.Typer(
+    help="The local Prefect API server that flows share, started in the background by the first "
+    "command that needs one (not the model server: that is `neuroserve serve`).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _describe_server() -> tuple[bool, str]:
+    """(running and answering, one line saying so)."""
+    from pipelines import prefect_api
+
+    bootstrap(prefect=False)
+    st = prefect_api.status()
+    user_url = os.environ.get("PREFECT_API_URL")
+    note = f"; commands use PREFECT_API_URL={user_url} instead" if user_url else ""
+    if st.state is None or not st.running:
+        return False, f"local Prefect server: not running (log {st.log}){note}"
+    s = st.state
+    up = time.time() - s.started_at
+    health = "answering" if st.healthy else "NOT answering"
+    return st.healthy, (
+        f"local Prefect server: {health} at {s.api_url} (pid {s.pid}, up {up:.0f} s, "
+        f"Prefect {s.prefect_version}; UI {s.api_url.removesuffix('/api')}; log {st.log}){note}"
+    )
+
+
+@server_app.command("status")
+@user_errors
+def server_status() -> None:
+    """Say whether the local Prefect server runs and answers; exit 1 when it does not."""
+    ok, line = _describe_server()
+    console.print(line, soft_wrap=True, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@server_app.command("start")
+@user_errors
+def server_start() -> None:
+    """Start the local Prefect server now (commands start it themselves when needed)."""
+    from pipelines import prefect_api
+
+    bootstrap(prefect=False)
+    prefect_api.ensure()
+    console.print(_describe_server()[1], soft_wrap=True, highlight=False)
+
+
+@server_app.command("stop")
+@user_errors
+def server_stop() -> None:
+    """Stop the local Prefect server; the next command that needs one starts it again."""
+    from pipelines import prefect_api
+
+    bootstrap(prefect=False)
+    state = prefect_api.stop()
+    if state is None:
+        console.print("local Prefect server: was not running")
+    else:
+        console.print(f"local Prefect server: stopped (pid {state.pid}, {state.api_url})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -629,7 +629,7 @@ def run_score(
     show_progress: bool = True,
 ) -> ScoreOutcome:
     """Run :func:`score_flow` locally, or with its chunks on the Dask cluster at an address."""
-    from pipelines.settings import embedded_flow_settings
+    from pipelines.settings import flow_settings
 
     runner_flow = score_flow
     workers = None
@@ -640,7 +640,7 @@ def run_score(
         runner_flow = score_flow.with_options(
             task_runner=DaskTaskRunner(address=dask_address)  # type: ignore[arg-type]
         )
-    with embedded_flow_settings():
+    with flow_settings():
         return runner_flow(
             model_path,
             input_path,

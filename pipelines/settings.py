@@ -31,8 +31,8 @@ def home_dir() -> Path:
 def prepare_environment() -> None:
     """Point Prefect at ``$NEUROSERVE_HOME/prefect`` (if unset) and switch its analytics off.
 
-    Must run before ``import prefect``; later calls are harmless. Prefect stays in its ephemeral
-    mode unless the user set ``PREFECT_API_URL``: nothing to start for a one-off run.
+    Must run before ``import prefect``; later calls are harmless. Which API server flows use is
+    decided afterwards, by ``pipelines.prefect_api.select``.
     """
     if not os.environ.get("PREFECT_HOME"):
         os.environ["PREFECT_HOME"] = str(home_dir() / "prefect")
@@ -63,37 +63,47 @@ def artifact_root() -> Path:
     return home_dir() / "mlartifacts"
 
 
-#: id(settings) -> (settings, the same without heartbeats); the settings object is kept so its id
+#: id(settings) -> (settings, the same for flows run here); the settings object is kept so its id
 #: cannot be reused by another.
-_QUIET_SETTINGS: dict[int, tuple[Any, Any]] = {}
+_FLOW_SETTINGS: dict[int, tuple[Any, Any]] = {}
 
 
 @contextmanager
-def embedded_flow_settings() -> Iterator[None]:
-    """Prefect settings for flows run in-process on the embedded (ephemeral) server.
+def flow_settings() -> Iterator[None]:
+    """Prefect settings for flows run in this process: the chosen API, no heartbeats on ours.
 
-    Flow-run heartbeats exist so a server can notice a crashed run; the ephemeral server dies
-    with this process, so nobody listens, and Prefect's heartbeat thread costs up to a second at
-    the end of every flow run (it sleeps in 1 s steps). With ``PREFECT_API_URL`` set (a real
-    server, deployments) heartbeats stay on.
+    Waits for the shared local server (``pipelines.prefect_api``) if this process uses one, and
+    names it in the settings when Prefect was imported before its URL was exported. Flow-run
+    heartbeats exist so a server can notice a crashed run, but nothing on the embedded or the
+    shared local server listens for them, and Prefect's heartbeat thread costs up to a second at
+    the end of every flow run (it sleeps in 1 s steps). On a server of the user's
+    (``PREFECT_API_URL``), heartbeats stay on.
     """
-    if os.environ.get("PREFECT_API_URL"):
+    from pipelines import prefect_api
+
+    local = prefect_api.local_url()
+    if os.environ.get("PREFECT_API_URL") and local is None:
         yield
         return
     import prefect.context
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
     context = prefect.context.get_settings_context()
-    if context.settings.flows.heartbeat_frequency is None:  # nested: already quiet
+    updates: dict[Any, Any] = {}
+    if context.settings.flows.heartbeat_frequency is not None:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    if local and not context.settings.api.url:
+        updates[PREFECT_API_URL] = local
+    if not updates:  # nested, or already as wanted
         yield
         return
     # Prefect revalidates every setting on each copy (~0.1 s, as long as scoring 3,000 images),
-    # so the quiet copy is made once per settings object and reused.
-    base, quiet = _QUIET_SETTINGS.get(id(context.settings), (None, None))
-    if base is not context.settings or quiet is None:
-        quiet = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-        _QUIET_SETTINGS[id(context.settings)] = (context.settings, quiet)
-    with prefect.context.SettingsContext(profile=context.profile, settings=quiet):
+    # so the copy is made once per settings object and reused.
+    base, tuned = _FLOW_SETTINGS.get(id(context.settings), (None, None))
+    if base is not context.settings or tuned is None:
+        tuned = context.settings.copy_with_update(updates=updates)
+        _FLOW_SETTINGS[id(context.settings)] = (context.settings, tuned)
+    with prefect.context.SettingsContext(profile=context.profile, settings=tuned):
         yield
 
 

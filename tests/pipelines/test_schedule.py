@@ -11,7 +11,7 @@ from prefect import Flow
 from prefect.utilities.importtools import import_object
 from typer.testing import CliRunner
 
-from pipelines import schedule
+from pipelines import prefect_api, schedule
 from pipelines.cli import app
 from pipelines.errors import PipelineError, PrefectUnavailableError
 
@@ -47,7 +47,7 @@ def test_dead_api_url_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
     with (
         pytest.raises(PrefectUnavailableError, match=r"PREFECT_API_URL=http://127\.0\.0\.1:1/api"),
-        schedule.prefect_api(),
+        schedule.schedule_api(),
     ):
         pass
 
@@ -56,7 +56,7 @@ def test_ephemeral_mode_cannot_schedule_says_so(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with (
         pytest.raises(PrefectUnavailableError, match="ephemeral mode cannot keep schedules"),
-        schedule.prefect_api(start_server=False),
+        schedule.schedule_api(start_server=False),
     ):
         pass
 
@@ -69,13 +69,18 @@ def test_local_server_is_started_and_takes_the_deployment(
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     said: list[str] = []
-    with schedule.prefect_api(say=said.append) as url:
-        assert url.startswith("http://127.0.0.1:") and schedule.api_healthy(url)
-        (dep,) = schedule.deployments("0 3 * * *")
-        deployment_id = dep.apply()
-        with get_client(sync_client=True) as client:
-            stored = client.read_deployment(deployment_id)
-        assert stored.name == "retrain-all"
-        assert stored.schedules[0].schedule.cron == "0 3 * * *"
-    assert "ephemeral mode cannot schedule" in said[0]
-    assert not schedule.api_healthy(url)
+    try:
+        with schedule.schedule_api(say=said.append) as url:
+            assert url.startswith("http://127.0.0.1:") and prefect_api.healthy(url)
+            (dep,) = schedule.deployments("0 3 * * *")
+            deployment_id = dep.apply()
+            with get_client(sync_client=True) as client:
+                stored = client.read_deployment(deployment_id)
+            assert stored.name == "retrain-all"
+            assert stored.schedules[0].schedule.cron == "0 3 * * *"
+        assert "Using the local Prefect server" in said[0]
+        # The shared server outlives the command; `neuroserve server stop` ends it.
+        assert prefect_api.healthy(url)
+    finally:
+        prefect_api.stop()
+    assert not prefect_api.healthy(url)
