@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from pydantic import ValidationError
 
 from serving.client import ClientError, InferenceClient, Prediction
-from serving.settings import Settings
+from serving.settings import CaptureImages, Settings
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -171,6 +171,46 @@ def _serve_parser() -> argparse.ArgumentParser:
         dest="otlp_endpoint",
         metavar="URL",
         help="OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317 (default: stderr)",
+    )
+    add(
+        "--capture-rate",
+        dest="capture_rate",
+        metavar="RATES",
+        help="inference capture: fraction of requests written to Parquet, 0-1, and MODEL=RATE "
+        "overrides, e.g. 0.1,digits-cnn=1; 0 off (0)",
+    )
+    add(
+        "--capture-dir",
+        dest="capture_dir",
+        metavar="DIR|S3_URI",
+        help="where captures go: a directory or s3://bucket/prefix ($NEUROSERVE_HOME/captures)",
+    )
+    add(
+        "--capture-images",
+        dest="capture_images",
+        choices=get_args(CaptureImages),
+        help="image inputs as per-image statistics, or statistics and pixels (summary)",
+    )
+    add(
+        "--capture-roll-size",
+        dest="capture_roll_size_mb",
+        type=float,
+        metavar="MIB",
+        help="close a capture file at this size (64)",
+    )
+    add(
+        "--capture-roll-interval",
+        dest="capture_roll_interval_s",
+        type=float,
+        metavar="SECONDS",
+        help="close a capture file after this long (300)",
+    )
+    add(
+        "--capture-buffer",
+        dest="capture_buffer_mb",
+        type=float,
+        metavar="MIB",
+        help="memory for samples awaiting the writer; beyond it they are dropped (64)",
     )
     add(
         "--no-fast-paths",

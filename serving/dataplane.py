@@ -40,6 +40,7 @@ from serving.statistics import Duration, ModelStats
 from serving.templates import RequestTemplates
 
 if TYPE_CHECKING:
+    from serving.capture import Capture
     from serving.tracing import RequestTracer
 
 PLATFORM: Final = "onnxruntime_onnx"
@@ -105,11 +106,21 @@ class DataPlane:
             from serving.tracing import RequestTracer
 
             self.tracer = RequestTracer(settings, self.version)
+        # Likewise no capture, and no pyarrow import, unless capture is on (settings.capture_rate);
+        # its writer thread starts with the server (InferenceServer.start).
+        self.capture: Capture | None = None
+        if settings.capture_on():
+            from serving.capture import Capture
+
+            self.capture = Capture(settings, metrics.capture_metrics())
 
     async def close(self) -> None:
-        """Flush the traces still buffered (the server calls it last when it stops)."""
+        """Flush the traces still buffered and close the capture files (complete Parquet); the
+        server calls it last when it stops."""
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
 
     # ------------------------------------------------------------------ health
     def live(self) -> bool:
@@ -232,23 +243,25 @@ class DataPlane:
         runs the same coroutine with its own writer and observer.
         """
         if self.tracer is None:
-            return self._infer(request, write, timeout, protocol, None)
+            return self._infer(request, write, timeout, protocol, None, trace)
         traced = self.tracer.start(write, protocol, trace)
         if traced is None:  # not sampled
-            return self._infer(request, write, timeout, protocol, None)
-        return self._infer(request, traced.write, timeout, protocol, traced)
+            return self._infer(request, write, timeout, protocol, None, trace)
+        return self._infer(request, traced.write, timeout, protocol, traced, trace)
 
-    async def _infer(
+    async def _infer(  # noqa: PLR0917 - called positionally on every request
         self,
         request: pb.ModelInferRequest | bytes,
         write: Callable[[Answer], T],
         timeout: float | None,
         protocol: str,
         trace: RequestTrace | None,
+        headers: Mapping[str, str] | None,
     ) -> T:
         """The request path (serving/README.md names its routes). ``trace``, for a traced
         request only, is told which execution computed it (serving/batching.py) and, if it
-        fails, why; its ``write`` (the one passed here) marks the answer."""
+        fails, why; its ``write`` (the one passed here) marks the answer. ``headers``, the
+        caller's trace context, only reach inference capture (its rows' trace id)."""
         try:
             self.check_ready()
             start = time.perf_counter_ns()
@@ -286,9 +299,13 @@ class DataPlane:
         finally:
             served.release()
         # Counted after the answer is on its way: bookkeeping is off the caller's latency.
-        loop.call_soon(
-            self._record, served, True, start, queue_ns, None, protocol, time.perf_counter_ns()
-        )
+        end = time.perf_counter_ns()
+        loop.call_soon(self._record, served, True, start, queue_ns, None, protocol, end)
+        if self.capture is not None:  # sampled and handed to its writer thread (serving/capture.py)
+            self.capture.offer(
+                served, request_id, headers, trace, decoded.feeds, outputs,
+                decoded.batch_size, start, end,
+            )  # fmt: skip
         return answer
 
     def _decode(

@@ -1,9 +1,10 @@
 """Prometheus metrics on their own HTTP port (Triton's 8002 by default).
 
 Requests by model and status, latency histograms for queue, compute and total, executed batch
-sizes and loaded models. Each server owns a registry (several servers in one test process must not
-collide); with ``--workers N`` every worker process writes to a shared multiprocess directory and
-the parent serves the aggregate (prometheus_client's multiprocess mode).
+sizes and loaded models; with inference capture on, captured and dropped rows. Each server owns
+a registry (several servers in one test process must not collide); with ``--workers N`` every
+worker process writes to a shared multiprocess directory and the parent serves the aggregate
+(prometheus_client's multiprocess mode).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ServerMetrics:
             "neuroserve_models_loaded", "Model versions loaded and ready.",
             registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
+        self._capture: CaptureMetrics | None = None
 
     def observe_request(
         self,
@@ -99,9 +101,48 @@ class ServerMetrics:
         size.observe(batch_size)
         compute.observe(compute_s)
 
+    def capture_metrics(self) -> CaptureMetrics:
+        """Register (once) and return inference capture's instruments."""
+        if self._capture is None:
+            self._capture = CaptureMetrics(self.registry)
+        return self._capture
+
     def set_models_loaded(self, count: int) -> None:
         """Set the number of ready model versions."""
         self.models_loaded.set(count)
+
+
+class CaptureMetrics:
+    """Inference capture's instruments (serving/capture.py), registered only when capture is on
+    so a server without it exports no empty series."""
+
+    #: ``reason`` label values of the dropped counter.
+    BUFFER_FULL = "buffer_full"
+    WRITE_FAILED = "write_failed"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Counter(
+            "neuroserve_capture_rows", "Captured rows (one per batch item) in complete files.",
+            ["model"], registry=registry,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "neuroserve_capture_dropped",
+            "Sampled rows not captured: the writer's buffer was full, or writing failed.",
+            ["model", "reason"], registry=registry,
+        )  # fmt: skip
+        self.buffered = Gauge(
+            "neuroserve_capture_buffer_bytes",
+            "Bytes of sampled requests waiting for the capture writer.",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self._dropped_children: dict[tuple[str, str], Counter] = {}
+
+    def drop(self, model: str, reason: str, rows: int) -> None:
+        """Count ``rows`` of ``model`` that were sampled but will not be written."""
+        child = self._dropped_children.get((model, reason))
+        if child is None:
+            child = self._dropped_children[model, reason] = self.dropped.labels(model, reason)
+        child.inc(rows)
 
 
 class MetricsHTTPServer:

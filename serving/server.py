@@ -253,6 +253,8 @@ class InferenceServer:
             self.metrics_server = MetricsHTTPServer(
                 self.metrics.registry, self.settings.host, self.settings.metrics_port
             )
+        if self.dataplane.capture is not None:
+            self.dataplane.capture.start()
         await self.repository.start()
         self.dataplane.started = True
         await self._set_health(True)
@@ -279,7 +281,8 @@ class InferenceServer:
             stopping.append(self.rest.stop(grace))
         await asyncio.gather(*stopping)
         await self.repository.close()
-        await self.dataplane.close()  # flushes the spans still buffered, if tracing is on
+        # Flushes the spans still buffered and closes the capture files, when those are on.
+        await self.dataplane.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         log_event("server_stopped", address=self.address)

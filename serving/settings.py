@@ -10,8 +10,9 @@ them too.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +35,61 @@ def home_dir() -> Path:
 def default_tracking_uri() -> str:
     """Return the embedded MLflow store: ``sqlite:///$NEUROSERVE_HOME/mlflow.db``."""
     return f"sqlite:///{home_dir() / 'mlflow.db'}"
+
+
+#: How capture writes image inputs (``capture_images``): statistics per image, or those plus
+#: the pixels.
+CaptureImages = Literal["summary", "pixels"]
+
+#: The key of the default rate in ``Settings.capture_rate``.
+ALL_MODELS = "*"
+
+_CAPTURE_RATE_SYNTAX = (
+    "--capture-rate (NEUROSERVE_CAPTURE_RATE) expects RATE and/or MODEL=RATE items separated by "
+    "commas, each rate a number from 0 to 1 (e.g. 0.1,digits-cnn=1)"
+)
+
+
+def _rate(text: object, item: str) -> float:
+    try:
+        rate = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; {item!r} is not a number") from None
+    if not 0.0 <= rate <= 1.0:  # also rejects NaN
+        raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; {item!r} is outside 0..1")
+    return rate
+
+
+def parse_capture_rates(value: object) -> dict[str, float]:
+    """``"0.1,digits-cnn=1"`` (or a number, or a mapping) -> ``{"*": 0.1, "digits-cnn": 1.0}``.
+
+    The one parser of the ``--capture-rate`` syntax; a bad item raises ``ValueError`` naming the
+    flag, the item and what was expected.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; got {value!r}")
+    if isinstance(value, int | float):
+        return {ALL_MODELS: _rate(value, str(value))}
+    if isinstance(value, Mapping):
+        return {str(k): _rate(v, f"{k}={v}") for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; got {type(value).__name__}")
+    rates: dict[str, float] = {}
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        model, sep, text = item.rpartition("=")
+        model = model.strip() if sep else ALL_MODELS
+        if sep and not model:
+            raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; {item!r} names no model")
+        if model in rates:
+            which = "the default rate" if model == ALL_MODELS else f"model {model!r}"
+            raise ValueError(f"{_CAPTURE_RATE_SYNTAX}; {which} is given twice")
+        rates[model] = _rate(text.strip(), item)
+    return rates
 
 
 def _split_csv(value: object) -> object:
@@ -195,6 +251,35 @@ class Settings(BaseSettings):
     """Where spans go: an OTLP/gRPC collector such as ``http://127.0.0.1:4317`` (Jaeger, the
     OpenTelemetry Collector). Unset with tracing on: spans are printed to stderr."""
 
+    # --- inference capture (serving/capture.py) ---------------------------------------------
+    capture_rate: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    """Fraction of inference requests whose rows (inputs, outputs, ids, time, latency) are
+    written to Parquet: ``RATE`` for every model and ``MODEL=RATE`` for one, comma-separated,
+    e.g. ``0.1,digits-cnn=1``. Empty or 0, the default, turns capture off: no writer thread, no
+    pyarrow import, one test per request. Held as ``{"*": default, model: rate}``."""
+
+    capture_dir: str | None = None
+    """Where captured rows go: a directory, or ``s3://bucket/prefix`` (credentials and endpoint
+    from ``AWS_*``, ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL``, so the compose stack's
+    MinIO works). Default: ``$NEUROSERVE_HOME/captures``."""
+
+    capture_images: CaptureImages = "summary"
+    """Image inputs as per-image pixel statistics (``summary``: mean, std, min, max,
+    percentiles, per-channel means) or, ``pixels``, those plus every pixel. Summary keeps files
+    small and is what drift checks on images compare."""
+
+    capture_roll_size_mb: float = Field(default=64.0, gt=0)
+    """A capture file is closed (and a new one begun) once it reaches this size, in MiB."""
+
+    capture_roll_interval_s: float = Field(default=300.0, gt=0)
+    """... or once it has been open this long, in seconds: rows become readable within about
+    this interval, and a crash loses at most its last interval's rows."""
+
+    capture_buffer_mb: float = Field(default=64.0, gt=0)
+    """Memory the sampled requests may hold while they wait for the writer thread, in MiB. When
+    it is full, new samples are dropped and counted (``neuroserve_capture_dropped_total``):
+    requests never wait for the writer."""
+
     # --- identity and logging ----------------------------------------------------------------
     server_name: str = "neuroserve"
     """Name reported by ServerMetadata."""
@@ -206,6 +291,26 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("capture_rate", mode="before")
+    @classmethod
+    def _capture_rates(cls, value: object) -> object:
+        return parse_capture_rates(value)
+
+    @field_validator("capture_dir")
+    @classmethod
+    def _capture_location(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme != "s3":
+            raise ValueError(
+                f"--capture-dir expects a directory or s3://bucket/prefix, got scheme {scheme!r}"
+            )
+        if sep and not rest.split("/", 1)[0]:
+            raise ValueError(f"--capture-dir {value!r} names no bucket: use s3://bucket/prefix")
+        return value
 
     @field_validator("auth_token", "admin_token", mode="before")
     @classmethod
@@ -248,6 +353,19 @@ class Settings(BaseSettings):
     def resolved_cache_dir(self) -> Path:
         """The artifact cache directory (explicit setting, else ``$NEUROSERVE_HOME/cache``)."""
         return self.cache_dir or home_dir() / "cache"
+
+    def capture_on(self) -> bool:
+        """True when some model's requests are captured (any rate above 0)."""
+        return any(rate > 0 for rate in self.capture_rate.values())
+
+    def capture_rate_of(self, model: str) -> float:
+        """The capture rate of ``model``: its own override, else the default for all."""
+        rates = self.capture_rate
+        return rates.get(model, rates.get(ALL_MODELS, 0.0))
+
+    def resolved_capture_dir(self) -> str:
+        """The capture location (explicit setting, else ``$NEUROSERVE_HOME/captures``)."""
+        return self.capture_dir or str(home_dir() / "captures")
 
     def resolved_intra_op_threads(self) -> int:
         """Explicit thread count for ONNX Runtime's intra-op pool."""
