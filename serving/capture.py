@@ -165,6 +165,9 @@ IMAGE_STATS: Final = ("mean", "std", "min", "max", *(f"p{p:02d}" for p in IMAGE_
 
 #: How often the writer thread drains the buffer, in seconds.
 POLL_S: Final = 0.1
+#: Records converted in one go: the writer thread holds the GIL while it converts, and yields
+#: it between chunks so requests on the event loop never wait long for it.
+CONVERT_CHUNK: Final = 128
 #: What one buffered record costs beyond its arrays (the tuple, ids, references), in bytes.
 RECORD_OVERHEAD: Final = 512
 #: Row groups hold at most this many rows, and at most ``ROW_GROUP_BYTES`` of Arrow data (or
@@ -607,8 +610,8 @@ def _list(x: np.ndarray | None, value_type: pa.DataType, n: int) -> pa.Array:
     flat = x.reshape(-1)
     if flat.dtype == object:
         flat = np.array([_text(v) for v in flat], dtype=object)
-    elif pa.types.is_floating(value_type) and flat.dtype != value_type.to_pandas_dtype():
-        flat = flat.astype(value_type.to_pandas_dtype())
+    elif flat.dtype == np.float16:
+        flat = flat.astype(np.float32)
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width, pa.int32())
     return pa.ListArray.from_arrays(offsets, pa.array(flat, value_type), type=list_type)
 
@@ -655,19 +658,32 @@ def _series_stats(x: np.ndarray) -> list[np.ndarray]:
 
 
 def _image_stats(x: np.ndarray, channels: int) -> list[np.ndarray]:
-    """IMAGE_STATS (then per-channel means) per item of ``x`` [n, channels, height, width]."""
+    """IMAGE_STATS (then per-channel means) per item of ``x`` [n, channels, height, width].
+
+    Percentiles interpolate linearly between sorted pixels, as ``np.percentile`` does, but
+    from one ``np.sort`` per batch: numpy's vectorized sort is an order of magnitude faster
+    than the selection ``np.percentile`` runs per row, and this runs for every captured image.
+    """
     n = x.shape[0]
-    flat = x.reshape(n, -1).astype(np.float32)
-    if flat.shape[1] == 0:
+    flat = x.reshape(n, -1)
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
+    size = flat.shape[1]
+    if size == 0:
         return [np.full(n, np.nan)] * (len(IMAGE_STATS) + channels)
-    percentiles = np.percentile(flat, IMAGE_PERCENTILES, axis=1)
+    ordered = np.sort(flat, axis=1)
+    position = np.asarray(IMAGE_PERCENTILES, np.float64) / 100 * (size - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, size - 1)
+    weight = position - low
+    percentiles = ordered[:, low] * (1 - weight) + ordered[:, high] * weight
     per_channel = flat.reshape(n, channels, -1).mean(axis=2) if channels else np.empty((n, 0))
     return [
-        flat.mean(axis=1),
-        flat.std(axis=1),
-        flat.min(axis=1),
-        flat.max(axis=1),
-        *percentiles,
+        flat.mean(axis=1, dtype=np.float64),
+        flat.std(axis=1, dtype=np.float64),
+        ordered[:, 0],
+        ordered[:, -1],
+        *percentiles.T,
         *per_channel.T,
     ]
 
@@ -1212,7 +1228,14 @@ class Capture:
             key = (record.served.name, record.served.version, shapes)
             groups.setdefault(key, []).append(record)
         released = 0
-        for (name, version, _), group in groups.items():
+        chunks = [
+            (key, group[start : start + CONVERT_CHUNK])
+            for key, group in groups.items()
+            for start in range(0, len(group), CONVERT_CHUNK)
+        ]
+        for i, ((name, version, _), group) in enumerate(chunks):
+            if i:
+                time.sleep(0)  # let the event loop have the GIL between chunks
             released += sum(r.size for r in group)
             try:
                 batch = self._rows(self._layout(group[0].served), group)
@@ -1235,7 +1258,7 @@ class Capture:
             if pending.since is None:
                 pending.since = time.monotonic()
         # Only now: the arrays are no longer referenced once their groups are converted.
-        del records, groups
+        del records, groups, chunks
         self._released += released
 
     def _rows(self, layout: CaptureLayout, group: list[_Record]) -> pa.RecordBatch:
