@@ -865,8 +865,9 @@ def test_server_runs_from_the_pod_spec(where: str) -> None:
     pod's volumes writable (HOME is / as for a user without a passwd entry); then do what the
     kubelet and the clients do: the declared probes, both tokens, the scrape, SIGTERM.
 
-    The pod's model source is replaced by a directory (the registry variant names an MLflow
-    server that does not run here), and its ports by free ones (port values are checked above).
+    Only what cannot run here is replaced: the MLflow server the Secret names becomes a SQLite
+    registry holding a champion (the KServe storage variant keeps its /mnt/models directory),
+    and the ports become free ones (their values are checked above).
     """
     from tests.serving import onnx_models
 
@@ -875,23 +876,31 @@ def test_server_runs_from_the_pod_spec(where: str) -> None:
     root.chmod(0o755)
     try:
         run = lay_out(pod, root)
-        repo = Path(run.env.get("NEUROSERVE_MODEL_REPOSITORY", root / "models"))
-        onnx_models.save(onnx_models.classifier(), repo / "classifier" / "1" / "model.onnx")
-        for path in [repo, *repo.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        settings = settings_of(pod)
+        source: dict[str, str] = {}
+        if settings.model_repository is not None:  # KServe's storage initializer filled it
+            repo = Path(run.env["NEUROSERVE_MODEL_REPOSITORY"])
+            onnx_models.save(onnx_models.classifier(), repo / "classifier" / "1" / "model.onnx")
+            for path in [repo, *repo.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        else:
+            store = root / "mlflow-server"
+            source["MLFLOW_TRACKING_URI"] = _registry(store, settings.mlflow_alias)
+            if run.uid is not None:  # the store belongs to the MLflow service, not the pod
+                for path in [store, *store.rglob("*")]:
+                    os.chown(path, run.uid, run.gid if run.gid is not None else run.uid)
         ports = {name: _free_port() for name in ("HTTP", "GRPC", "METRICS")}
         env = {
             "PATH": os.environ["PATH"],
             "HOME": "/",
             "PYTHONPATH": str(ROOT),
             **run.env,
-            "NEUROSERVE_MODEL_REPOSITORY": str(repo),
+            **source,
             "NEUROSERVE_HOST": "127.0.0.1",
             **{f"NEUROSERVE_{k}_PORT": str(v) for k, v in ports.items()},
         }
         if "tmp" in {m["name"] for m in pod.container["volumeMounts"]}:
             env["TMPDIR"] = str(root / "tmp")
-        settings = settings_of(pod)
         command = [sys.executable, "-m", "serving"]
         if run.uid is not None:
             # setpriv rather than Popen(user=...): the latter cannot exec the venv's interpreter
@@ -912,6 +921,8 @@ def test_server_runs_from_the_pod_spec(where: str) -> None:
             text=True,
         )
         try:
+            if run.uid is not None:
+                _assert_runs_as(proc.pid, run.uid)
             _exercise(pod, proc, ports, settings)
         finally:
             if proc.poll() is None:
@@ -919,8 +930,67 @@ def test_server_runs_from_the_pod_spec(where: str) -> None:
             output = proc.communicate(timeout=30)[0]
         assert proc.returncode == 0, output[-3000:]
         assert "Traceback" not in output, output[-3000:]
+        if source:  # the champion was cached on the pod's data volume, where the pod can write
+            cache = Path(run.env["NEUROSERVE_HOME"]) / "cache"
+            assert list(cache.rglob("*.onnx")), output[-3000:]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: Builds a SQLite MLflow registry with model "classifier" v1 under an alias (argv: store dir,
+#: alias, ONNX file), in a child process so MLflow's global state stays out of the tests.
+_MAKE_REGISTRY = """
+import sys
+import mlflow, mlflow.onnx, onnx
+from mlflow.tracking import MlflowClient
+store, alias, model = sys.argv[1:]
+uri = f"sqlite:///{store}/mlflow.db"
+client = MlflowClient(uri, uri)
+experiment = client.create_experiment("k8s", artifact_location=f"{store}/artifacts")
+mlflow.set_tracking_uri(uri)
+mlflow.set_registry_uri(uri)
+with mlflow.start_run(experiment_id=experiment):
+    mlflow.onnx.log_model(onnx.load(model), name="model", registered_model_name="classifier")
+client.set_registered_model_alias("classifier", alias, "1")
+print(uri)
+"""
+
+
+def _registry(store: Path, alias: str) -> str:
+    """A SQLite registry whose ``alias`` holds the classifier; returns its tracking URI."""
+    from tests.serving import onnx_models
+
+    store.mkdir()
+    model = store / "classifier.onnx"
+    onnx_models.save(onnx_models.classifier(), model)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _MAKE_REGISTRY, str(store), alias, str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=store,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _assert_runs_as(pid: int, uid: int) -> None:
+    """The server process (setpriv execs it in place) runs as the pod's user, not root."""
+    deadline = time.monotonic() + 10
+    while True:
+        # Forked (pytest's argv), then setpriv, then the server: wait for the last, and read
+        # the status after the argv so that both describe the server.
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        if argv[-2:] == [b"-m", b"serving"] and not argv[0].endswith(b"setpriv"):
+            status = Path(f"/proc/{pid}/status").read_text()
+            uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+            assert uids and (int(uids.group(1)), int(uids.group(2))) == (uid, uid), status
+            return
+        assert time.monotonic() < deadline, "setpriv never started the server"
+        time.sleep(0.05)
 
 
 def _exercise(
