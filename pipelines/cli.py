@@ -687,9 +687,9 @@ def score(
 def models() -> None:
     """Registered models, their champion version and its primary test metric."""
     bootstrap(prefect=False)
-    from pipelines import registry, tracking
+    from pipelines import listing, settings
 
-    rows = registry.summarize(tracking.connect())
+    rows = listing.summarize(settings.tracking_uri())
     table = Table(title="registered models")
     for col in ("model", "champion", "metric", "value", "latest", "aliases"):
         table.add_column(col)

@@ -1,10 +1,10 @@
 """`neuroserve demo`: the whole loop on the embedded defaults, with nothing started by hand.
 
-Trains three models through the real train flow (Prefect ephemeral mode, MLflow on SQLite under
-``NEUROSERVE_HOME``), lets the quality gate promote them, starts the real gRPC server as a child
-process on the champions, sends real predictions through gRPC, and says where to look next. It is
-the README's first command, so it must be honest about what it did: every number it prints was
-computed in this run.
+Trains three models through the real train flow (the shared local Prefect server, MLflow on
+SQLite under ``NEUROSERVE_HOME``), lets the quality gate promote them, starts the real gRPC server
+as a child process on the champions, sends real predictions through gRPC, and says where to look
+next. It is the README's first command, so it must be honest about what it did: every number it
+prints was computed in this run.
 """
 
 from __future__ import annotations
@@ -256,11 +256,18 @@ def summary(models: list[DemoModel], url: str, metrics_port: int, seconds: float
     home = settings.home_dir()
     uri = settings.tracking_uri()
     venv_bin = Path(sys.executable).parent
+    api = os.environ.get("PREFECT_API_URL")
+    prefect_ui = (
+        f"{api.removesuffix('/api')} (stays up for later commands; "
+        f"`{venv_bin}/neuroserve server stop` stops it)"
+        if api
+        else f"PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
+        f"{venv_bin}/prefect server start"
+    )
     console.print(
         "\n[bold]Where to look[/bold]\n"
         f"  MLflow UI:   {venv_bin}/mlflow ui --backend-store-uri {uri} --port 5000\n"
-        f"  Prefect UI:  PREFECT_HOME={os.environ.get('PREFECT_HOME', home / 'prefect')} "
-        f"{venv_bin}/prefect server start\n"
+        f"  Prefect UI:  {prefect_ui}\n"
         f"  registry:    {venv_bin}/neuroserve models\n"
         f"  state:       {home}\n"
         f"  gRPC server: {url} (metrics on http://127.0.0.1:{metrics_port}/metrics)"
@@ -282,12 +289,14 @@ def demo(
     metrics_port: Annotated[int, typer.Option(help="Prometheus port for the demo server.")] = 8002,
 ) -> None:
     """Train mnist-cnn, sunspots-lstm and diabetes-fnn, serve them, predict over gRPC."""
-    from pipelines import settings
+    from pipelines import prefect_api, settings
 
     started = time.perf_counter()
     settings.prepare_environment()
     os.environ.setdefault("NEUROSERVE_HOME", str(settings.home_dir()))
-    models = train_models(quick)
+    prefect_api.select()
+    with settings.flow_settings():
+        models = train_models(quick)
     serve_names = champions(models)
     if not serve_names:
         raise PipelineError("no demo model has a champion version; nothing to serve")

@@ -33,7 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import training
-from pipelines import figures, gate, registry, settings, specs, tracking
+from pipelines import figures, gate, listing, registry, settings, specs, tracking
 from pipelines.errors import GateError, PipelineError
 from training.export import PARITY_TOLERANCE
 
@@ -154,8 +154,12 @@ def open_tracking() -> str:
 
 
 def _client(uri: str) -> MlflowClient:
-    """A client for ``uri`` with the fluent URIs pointed at it too (model logging needs them)."""
-    return tracking.connect(uri) if uri else tracking.connect()
+    """A client for ``uri`` with the fluent URI pointed at it too (model logging needs it).
+
+    ``open_tracking`` already checked the store answers; a later outage fails the task's own
+    call, which the task retries.
+    """
+    return tracking.use(uri or settings.tracking_uri())
 
 
 @task(
@@ -247,7 +251,7 @@ def log_results(uri: str, run_id: str, result: training.TrainResult, data_ref: s
         "neuroserve.task": str(result.data.task),
         "neuroserve.input_kind": str(result.data.input_kind),
         "neuroserve.baseline": str(result.baseline_name),
-        "neuroserve.primary_metric": str(result.primary_metric),
+        listing.PRIMARY_METRIC_TAG: str(result.primary_metric),
         "neuroserve.higher_is_better": str(result.higher_is_better),
         tracking.SPEC_TAG: tracking.spec_json(spec),
     }.items():
@@ -287,14 +291,16 @@ def baselines_markdown(result: training.TrainResult) -> str:
     cache_policy=NO_CACHE,
 )
 def log_figures(uri: str, run_id: str, result: training.TrainResult, title: str) -> list[str]:
-    """Learning curves always; then the figure that fits the task. Returns artifact paths."""
+    """Learning curves once there is a curve (two epochs or more: one point shows nothing), then
+    the figure that fits the task. Returns artifact paths."""
     client = tracking.client_for(uri)
     data = result.data
     logged = []
-    fig = figures.learning_curves(result.history, title)
-    client.log_figure(run_id, fig, "figures/learning_curves.png")
-    figures.close(fig)
-    logged.append("figures/learning_curves.png")
+    if len(result.history) >= 2:
+        fig = figures.learning_curves(result.history, title)
+        client.log_figure(run_id, fig, "figures/learning_curves.png")
+        figures.close(fig)
+        logged.append("figures/learning_curves.png")
     output = np.asarray(result.test_output)
     if data.task in figures.CLASSIFIER_TASKS:
         fig = figures.confusion_matrix(data.y_test, output, list(data.labels or []), title)
@@ -576,7 +582,7 @@ def _export_and_register(
     model_uri = log_model(uri, run_id, onnx_path, np.asarray(result.data.x_test[:2]))
     version_tags = {
         "neuroserve.data_sha256": str(result.data.sha256),
-        "neuroserve.primary_metric": str(result.primary_metric),
+        listing.PRIMARY_METRIC_TAG: str(result.primary_metric),
         tracking.SPEC_TAG: tracking.spec_json(result.spec),
         "neuroserve.git_commit": tracking.git_commit(),
     }

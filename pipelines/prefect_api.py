@@ -113,7 +113,13 @@ def _alive(state: ServerState) -> bool:
 
     try:
         proc = psutil.Process(state.pid)
-        return abs(proc.create_time() - state.created) < 1.0 and proc.is_running()
+        if abs(proc.create_time() - state.created) >= 1.0:
+            return False
+        if proc.status() == psutil.STATUS_ZOMBIE:  # exited; reap it if this process spawned it
+            with suppress(ChildProcessError):
+                os.waitpid(state.pid, os.WNOHANG)
+            return False
+        return True
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

@@ -16,10 +16,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import settings
+from pipelines import listing, settings
 from pipelines.errors import ModelNotFoundError, PipelineError
 
-DEFAULT_ALIAS = "champion"
+DEFAULT_ALIAS = listing.CHAMPION
 STATE_TAG = "neuroserve.state"
 GATE_TAGS = ("neuroserve.gate", "neuroserve.gate.reason", "neuroserve.gate.overridden")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -202,40 +202,3 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None
             f"{STATE_TAG}={mv.tags.get(STATE_TAG)!r} (expected READY and 'ready')"
         )
     client.set_registered_model_alias(name, alias, version)
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """One row of `neuroserve models`."""
-
-    name: str
-    latest_version: str
-    champion_version: str | None
-    metric_name: str | None
-    metric_value: float | None
-    aliases: dict[str, str]
-
-
-def summarize(client: MlflowClient) -> list[ModelSummary]:
-    """Every registered model with its champion and the champion run's primary test metric."""
-    rows = []
-    for rm in sorted(client.search_registered_models(max_results=1000), key=lambda m: m.name):
-        versions = [int(v.version) for v in client.search_model_versions(f"name='{rm.name}'")]
-        champ = find_champion(client, rm.name)
-        metric_name = metric_value = None
-        if champ is not None and champ.run_id:
-            run = client.get_run(champ.run_id)
-            metric_name = run.data.tags.get("neuroserve.primary_metric")
-            if metric_name:
-                metric_value = run.data.metrics.get(f"test_{metric_name}")
-        rows.append(
-            ModelSummary(
-                name=rm.name,
-                latest_version=str(max(versions)) if versions else "-",
-                champion_version=str(champ.version) if champ else None,
-                metric_name=metric_name,
-                metric_value=metric_value,
-                aliases=dict(rm.aliases),
-            )
-        )
-    return rows

@@ -73,8 +73,15 @@ def connect(uri: str | None = None) -> MlflowClient:
                 time.sleep(policy.delay_seconds)
     else:
         raise TrackingUnavailableError(uri, policy.attempts, last)
-    # Model logging goes through MLflow's fluent API, which reads the process-wide URI. The
-    # registry URI is left alone: every registry call here uses an explicit client.
+    return use(uri)
+
+
+def use(uri: str) -> MlflowClient:
+    """A client for ``uri``, with MLflow's process-wide tracking URI set to it, without probing.
+
+    Model logging goes through MLflow's fluent API, which reads the process-wide URI. The
+    registry URI is left alone: every registry call here uses an explicit client.
+    """
     mlflow.set_tracking_uri(uri)
     return client_for(uri)
 

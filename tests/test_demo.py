@@ -27,7 +27,7 @@ def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("MLFLOW_", "PREFECT_"))
+        if not key.startswith(("MLFLOW_", "PREFECT_")) and key != "NEUROSERVE_PREFECT_API"
     }
     env.update(NEUROSERVE_HOME=str(tmp_path), COLUMNS="200")
     neuroserve = Path(sys.executable).parent / "neuroserve"
@@ -49,7 +49,17 @@ def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
         check=False,
     )
     output = result.stdout + result.stderr
+    # The demo's flows ran on the shared local Prefect server, which outlives the demo.
+    server = [str(neuroserve), "server"]
+    status = subprocess.run(
+        [*server, "status"], capture_output=True, text=True, env=env, check=False
+    )
+    stopped = subprocess.run(
+        [*server, "stop"], capture_output=True, text=True, env=env, check=False
+    )
     assert result.returncode == 0, output[-4000:]
+    assert status.returncode == 0 and "answering at http://127.0.0.1:" in status.stdout
+    assert stopped.returncode == 0 and "stopped (pid" in stopped.stdout
     assert "server ready at 127.0.0.1:" in output
     # Column headers of the three prediction tables (titles may wrap).
     assert "top-3 (label: probability)" in output

@@ -19,6 +19,7 @@ from serving.client import (
     NotFoundError,
     Prediction,
 )
+from tests.blocking import HEAVY, NEUROSERVE, run_blocked
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread
 
@@ -110,6 +111,19 @@ def test_predict_npy_prints_the_top_3_classes(
     assert predict_main(["classifier", "--input", str(npy), "--url", server.address]) == 0
     probs = _reference(model_repo, "classifier", {"input": X})
     _assert_top_k(capsys.readouterr().out, probs, onnx_models.CLASS_LABELS, k=3)
+
+
+def test_neuroserve_predict_needs_no_torch_training_prefect_or_mlflow(
+    server: ServerThread, model_repo: Path, tmp_path: Path
+) -> None:
+    """The console script, in a process where the heavy packages cannot be imported."""
+    npy = tmp_path / "x.npy"
+    np.save(npy, X)
+    argv = ["neuroserve", "predict", "classifier", "-i", str(npy), "--url", server.address]
+    result = run_blocked(NEUROSERVE, argv, blocked=(*HEAVY, "mlflow"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    probs = _reference(model_repo, "classifier", {"input": X})
+    _assert_top_k(result.stdout, probs, onnx_models.CLASS_LABELS, k=3)
 
 
 def test_predict_csv_skips_the_header_and_honours_top_k(
