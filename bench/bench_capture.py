@@ -217,6 +217,11 @@ def soak(tmp: Path, cmd: list[str], request: Path, c: int, seconds: float) -> No
         f"  RSS: {mib[0]:.1f} MiB at the start, {mib.max():.1f} max, {mib[-1]:.1f} at the end; "
         f"second-half slope {slope:+.2f} MiB/min"
     )
+    marks = [
+        f"{mib[(t > mark - 10) & (t <= mark)].max():.0f}"
+        for mark in range(10, int(t.max()) + 1, 10)
+    ]
+    print(f"  RSS max per 10 s (MiB): {' '.join(marks)}")
     print(
         f"  rows: {counters.get('neuroserve_capture_rows_total', 0):,.0f} in files during the "
         f"soak (counter), {written:,} in files after shutdown, "
@@ -241,6 +246,11 @@ def print_report(rows: list[Row], cpu_us: dict[str, float], notes: list[str]) ->
             f"{r.p99_ms / off.p99_ms:>6.3f}x {r.errors}"
         )
     print()
+    control = next(r for r in rows if r.config == CONTROL)
+    print(
+        f"noise floor ({CONTROL} vs {OFF}): {control.throughput / off.throughput - 1:+.1%} "
+        f"throughput, {control.p99_ms / off.p99_ms - 1:+.1%} p99"
+    )
     ten = next(r for r in rows if r.config == TEN)
     lost = 1 - ten.throughput / off.throughput
     p99 = ten.p99_ms / off.p99_ms - 1

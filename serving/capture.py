@@ -26,8 +26,9 @@ Files
     location. A file is written under a hidden temporary name (``.<writer>.parquet.tmp``) and
     renamed when it is rolled: by size (``capture_roll_size_mb``), by age
     (``capture_roll_interval_s``) or at shutdown. Every visible file is therefore complete
-    Parquet; a crash loses the open file, at most one roll interval. On S3 the file is assembled
-    in memory and uploaded whole when rolled (an object appears complete or not at all).
+    Parquet; a crash loses the open file, at most one roll interval, and the next server on
+    that host deletes the temporary file its dead writer left. On S3 the file is assembled in
+    memory and uploaded whole when rolled (an object appears complete or not at all).
 
 Layout (one row per batch item; the Parquet schema's metadata ``neuroserve.capture`` holds the
 same description as JSON)
@@ -103,7 +104,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
@@ -117,7 +118,7 @@ from pyarrow import fs as pafs
 
 from serving.datatypes import NUMPY_OF
 from serving.logs import log_event
-from serving.settings import CaptureImages
+from serving.settings import ALL_MODELS, CaptureImages
 
 if TYPE_CHECKING:
     from serving.metrics import CaptureMetrics
@@ -799,10 +800,41 @@ def _stamp(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime(_TIME_FORMAT)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
 def _writer_token() -> str:
     """Host, process and a random token: unique per server process, safe in a file name."""
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{_host()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+#: A temporary file's name: ``.<host>-<pid>-<token>-<seq>.parquet.tmp``.
+_TEMP_NAME: Final = re.compile(r"^\.(.+)-(\d+)-([0-9a-f]{6})-\d{6}\.parquet\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _stale(name: str, token: str) -> bool:
+    """True for a temporary file that a dead writer on this host left behind (a crash): its
+    process is gone, or its pid is ours but its token is not (a container's pid 1 restarted)."""
+    match = _TEMP_NAME.match(name)
+    if match is None:
+        return False
+    host, pid, their_token = match.group(1), int(match.group(2)), match.group(3)
+    if host != _host():
+        return False  # another machine's writer: not ours to judge
+    if pid == os.getpid():
+        return not token.endswith(their_token)
+    return not _alive(pid)
 
 
 class _File:
@@ -984,7 +1016,7 @@ def read_captures(
     where = _Location(location)
     _check_root(where)
     since_ns = _since_ns(since)
-    top = where.path(*_partition(model, version))
+    top = where.path(*_partition(model, None if version is None else str(version)))
     tables: list[pa.Table] = []
     skipped: list[str] = []
     for info in sorted(_listing(where, top), key=lambda i: i.base_name):
@@ -1179,14 +1211,50 @@ class Capture:
 
     # ----------------------------------------------------------------------- writer thread
     def _run(self) -> None:
+        self._sweep()
+        logged = False
         while True:
             stopping = self._stop.wait(POLL_S)
             try:
                 self._cycle(closing=stopping)
             except Exception:  # a bug must not end capture silently, nor spin the log
-                logger.exception("capture writer cycle failed")
+                if not logged:
+                    logged = True
+                    logger.exception("capture writer cycle failed (logged once)")
             if stopping:
                 return
+
+    def _sweep(self) -> None:
+        """Delete temporary files that crashed writers on this host left (local directories
+        only: S3 files are never visible before they are complete), so a crash loop cannot
+        fill the disk with them."""
+        if self.where.s3:
+            return
+        try:
+            infos = self.where.fs.get_file_info(
+                pafs.FileSelector(self.where.root, recursive=True, allow_not_found=True)
+            )
+            removed = 0
+            for info in infos:
+                if info.type == pafs.FileType.File and _stale(info.base_name, self._token):
+                    self.where.fs.delete_file(info.path)
+                    removed += 1
+        except Exception as exc:  # never worth stopping capture for
+            log_event("capture_sweep_failed", logging.WARNING, error=_one_line(exc))
+            return
+        if removed:
+            log_event("capture_stale_removed", location=self.location, files=removed)
+
+    def warn_unknown_models(self, served: Iterable[str]) -> None:
+        """Log once for each ``MODEL=RATE`` override that names no model served now (a typo
+        there silently captures nothing)."""
+        names = set(served)
+        for model in sorted(self.settings.capture_rate):
+            if model != ALL_MODELS and model not in names:
+                log_event(
+                    "capture_rate_unknown_model", logging.WARNING, model=model,
+                    served=",".join(sorted(names)) or "-",
+                )  # fmt: skip
 
     def _cycle(self, closing: bool) -> None:
         self._epoch_ns = time.time_ns() - time.perf_counter_ns()

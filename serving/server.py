@@ -256,6 +256,8 @@ class InferenceServer:
         if self.dataplane.capture is not None:
             self.dataplane.capture.start()
         await self.repository.start()
+        if self.dataplane.capture is not None:
+            self.dataplane.capture.warn_unknown_models(self.repository.models)
         self.dataplane.started = True
         await self._set_health(True)
         log_event(

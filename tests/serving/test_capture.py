@@ -667,3 +667,39 @@ def test_s3_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     message = str(exc.value)
     assert message.startswith("capture location s3://captures/neuroserve could not be read")
     assert "\n" not in message
+
+
+# --------------------------------------------------------------------------- housekeeping
+def test_temporary_files_of_dead_writers_on_this_host_are_removed(
+    model_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash leaves its open file's temporary name behind; the next server on the host
+    deletes those of writers that are gone, and leaves live writers' and other hosts' alone."""
+    caplog.set_level(logging.INFO, logger="serving")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host = cap._host()
+    partition = tmp_path / "model=classifier" / "version=1" / "date=2025-01-01"
+    partition.mkdir(parents=True)
+    dead = partition / f".{host}-{gone}-abc123-000001.parquet.tmp"
+    live = partition / f".{host}-{os.getppid()}-abc123-000001.parquet.tmp"
+    elsewhere = partition / f".other-host-{gone}-abc123-000001.parquet.tmp"
+    for path in (dead, live, elsewhere):
+        path.write_bytes(b"PAR1 half a file")
+    server = Captured(model_repo, tmp_path, capture_rate=1.0)
+    wait_for(lambda: not dead.exists())
+    server.stop()
+    assert live.exists() and elsewhere.exists()
+    assert any("event=capture_stale_removed" in r.getMessage() for r in caplog.records)
+
+
+def test_an_override_for_a_model_not_served_is_logged(
+    model_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serving")
+    server = Captured(model_repo, tmp_path, capture_rate="0.1,clasifier=1")
+    server.stop()
+    warned = [
+        r.getMessage() for r in caplog.records if "capture_rate_unknown_model" in r.getMessage()
+    ]
+    assert len(warned) == 1 and "model=clasifier" in warned[0]
