@@ -968,14 +968,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_root(where: _Location) -> None:
+    """Raise CaptureError unless the location exists: the directory, or on S3 the bucket (a
+    prefix exists only once something is written below it)."""
+    root = where.root.split("/", 1)[0] if where.s3 else where.root
     try:
-        info = where.fs.get_file_info(where.root)
+        info = where.fs.get_file_info(root)
     except OSError as exc:
         raise CaptureError(
             f"capture location {where.text} could not be read: {_one_line(exc)}"
         ) from None
     if info.type == pafs.FileType.NotFound:
-        raise CaptureError(f"capture location {where.text} does not exist")
+        missing = f" (bucket {root!r} is missing)" if where.s3 else ""
+        raise CaptureError(f"capture location {where.text} does not exist{missing}")
 
 
 def captured_models(location: str | os.PathLike[str]) -> dict[str, list[str]]:

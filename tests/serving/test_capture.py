@@ -654,6 +654,9 @@ def test_capture_to_s3(model_repo: Path, s3: str, monkeypatch: pytest.MonkeyPatc
     server.infer("classifier", {"input": x}, request_id="s3")
     server.stop()
     assert cap.captured_models(location) == {"classifier": ["1"]}
+    assert cap.read_captures("s3://captures/nothing-yet", "classifier").num_rows == 0
+    with pytest.raises(cap.CaptureError, match="bucket 'no-such-bucket' is missing"):
+        cap.read_captures("s3://no-such-bucket/x", "classifier")
     df = cap.read_captures(location, "classifier").to_pandas()
     assert df["request_id"].tolist() == ["s3", "s3"]
     np.testing.assert_array_equal(df[[f"input.{j}" for j in range(4)]].to_numpy(np.float32), x)
