@@ -659,7 +659,8 @@ def secret_problems(pod: ServingPod) -> list[str]:
 
 def security_problems(pod: ServingPod) -> list[str]:
     """Non-root, no privilege escalation, no capabilities, read-only root file system, and every
-    place the server writes (NEUROSERVE_HOME and its cache, /tmp) on a writable volume."""
+    place the server writes (NEUROSERVE_HOME, its cache and captures, /tmp) on a writable
+    volume."""
     problems = []
     sc = {**pod.pod_security, **pod.container.get("securityContext", {})}
     for key, want in (
@@ -677,10 +678,16 @@ def security_problems(pod: ServingPod) -> list[str]:
     writes = {"NEUROSERVE_HOME": home, "/tmp": "/tmp"}
     if settings.cache_dir is not None:
         writes["NEUROSERVE_CACHE_DIR"] = str(settings.cache_dir)
+    if settings.capture_dir is not None and "://" not in settings.capture_dir:
+        writes["NEUROSERVE_CAPTURE_DIR"] = settings.capture_dir
     for what, path in writes.items():
         held = _mount_of(pod, path) if path.startswith("/") else None
-        writable = held is not None and not held[0].get("readOnly")
-        if not writable or not {"emptyDir", "persistentVolumeClaim"} & set(held[1]):
+        writable = (
+            held is not None
+            and not held[0].get("readOnly")
+            and bool({"emptyDir", "persistentVolumeClaim"} & set(held[1]))
+        )
+        if not writable:
             problems.append(f"{pod.where}: {what} ({path or 'unset'}) is not on a writable volume")
     return problems
 
@@ -715,7 +722,7 @@ def test_images_are_the_ones_compose_builds() -> None:
     serving_image = compose["serving"]["image"]
     assert compose["serving"]["build"]["dockerfile"] == "docker/serving.Dockerfile"
     # The GPU overlay keeps the base image: it is the CUDA one.
-    assert _dockerfile("serving.Dockerfile").splitlines()[1].startswith("FROM nvidia/cuda:")
+    assert re.search(r"^FROM nvidia/cuda:\S+cudnn", _dockerfile("serving.Dockerfile"), re.M)
     for name in ("serving", "overlays/gpu"):
         container = one(rendered(name), "Deployment", "neuroserve")["spec"]["template"]["spec"][
             "containers"
@@ -1087,6 +1094,8 @@ def _prefect_renders() -> tuple[dict[str, Any], ...]:
     with tempfile.TemporaryDirectory(prefix="neuroserve-prefect-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env["PREFECT_HOME"] = home
+        # The ephemeral API's 20 s start-up default is short on a loaded 2-core machine.
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
         out = subprocess.run(
             [sys.executable, "-c", _RENDER_JOBS, json.dumps(cases)],
             capture_output=True,
@@ -1096,7 +1105,7 @@ def _prefect_renders() -> tuple[dict[str, Any], ...]:
             cwd=home,
             check=False,
         )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"rendering the job templates failed:\n{out.stderr[-3000:]}"
     line = next(line for line in out.stdout.splitlines() if line.startswith("RENDERED"))
     return tuple(json.loads(line[len("RENDERED") :]))
 
