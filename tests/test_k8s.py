@@ -1226,6 +1226,13 @@ def _worker_args(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def test_workers_poll_the_pools_prefect_yaml_names() -> None:
+    """Each worker polls a pool prefect.yaml names (or its GPU twin) with the mounted template
+    for that pool, runs the Prefect version compose runs, sets only Prefect settings, and is
+    health-probed on the port Prefect's worker webserver binds."""
+    from prefect.settings import Settings as PrefectSettings
+
+    # Private, but the only list of every PREFECT_* name; prefect is pinned below 3.9.
+    from prefect.settings.legacy import _get_valid_setting_names
     from prefect.settings.models.worker import WorkerWebserverSettings
 
     objects = rendered("prefect")
@@ -1260,9 +1267,6 @@ def test_workers_poll_the_pools_prefect_yaml_names() -> None:
         assert container["livenessProbe"]["httpGet"]["port"] == "health"
         env_names = {e["name"] for e in container["env"]}
         env_names |= set(one(objects, "ConfigMap", "neuroserve-prefect")["data"])
-        from prefect.settings import Settings as PrefectSettings
-        from prefect.settings.legacy import _get_valid_setting_names
-
         known = _get_valid_setting_names(PrefectSettings) | {"HOME"}
         assert env_names <= known, f"{name}: {env_names - known} are not Prefect settings"
     assert set(workers) == set(TEMPLATES) and pools <= set(workers)
