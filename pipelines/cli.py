@@ -46,6 +46,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 KINDS_HELP = "Model family and the data it learns from: " + ", ".join(
     f"{kind} ({'/'.join(inputs)})" for kind, inputs in KIND_INPUTS.items()
@@ -326,6 +327,21 @@ def bootstrap(prefect: bool = True) -> None:
         prefect_api.select()
 
 
+def run_flow(flow: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a flow that records in MLflow, in this process, on the chosen Prefect API.
+
+    The tracking store is opened first: while a just-started local Prefect server boots, MLflow
+    creates and migrates a new store (seconds of the first command in a fresh home) instead of
+    that work waiting for the server, and an unreachable store is one red line before any flow
+    run exists.
+    """
+    from pipelines import settings, tracking
+
+    tracking.connect()
+    with settings.flow_settings():
+        return flow(*args, **kwargs)
+
+
 def register_command(fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:
     """Add a subcommand (e.g. the lead's ``demo``) with user-error handling."""
     app.command(name, **kwargs)(user_errors(fn))
@@ -426,11 +442,9 @@ def train(
     register a version and gate it to @champion or @challenger."""
     spec = _spec_from(kind, dict(locals()))  # first: locals() is exactly the options here
     bootstrap()
-    from pipelines import settings
     from pipelines.flows import train_flow
 
-    with settings.flow_settings():
-        outcome = train_flow(spec.to_dict(), model_name=name, promote=promote, progress=True)
+    outcome = run_flow(train_flow, spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
 
 
@@ -493,15 +507,18 @@ def compare(
     spec = _spec_from(kind, dict(locals()))  # first: locals() is exactly the options here
     bootstrap()  # before Prefect is imported (pipelines.compare imports it)
     from pipelines import compare as compare_mod
-    from pipelines import settings
 
     # Checked before anything runs: unknown parameters or values are one red line.
     compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary], seeds)
 
-    with settings.flow_settings():
-        outcome = compare_mod.compare_flow(
-            spec.to_dict(), list(vary), model_name=name, progress=True, seeds=seeds
-        )
+    outcome = run_flow(
+        compare_mod.compare_flow,
+        spec.to_dict(),
+        list(vary),
+        model_name=name,
+        progress=True,
+        seeds=seeds,
+    )
     _print_compare(outcome)
 
 
@@ -558,11 +575,9 @@ def retrain(
 ) -> None:
     """Retrain registered models from their champion's stored spec, through the same gate."""
     bootstrap()
-    from pipelines import settings
     from pipelines.flows import retrain_flow
 
-    with settings.flow_settings():
-        reports = retrain_flow(list(model) if model else None)
+    reports = run_flow(retrain_flow, list(model) if model else None)
     table = Table(title="retrain")
     table.add_column("model")
     table.add_column("result")

@@ -289,12 +289,13 @@ def demo(
     metrics_port: Annotated[int, typer.Option(help="Prometheus port for the demo server.")] = 8002,
 ) -> None:
     """Train mnist-cnn, sunspots-lstm and diabetes-fnn, serve them, predict over gRPC."""
-    from pipelines import prefect_api, settings
+    from pipelines import prefect_api, settings, tracking
 
     started = time.perf_counter()
     settings.prepare_environment()
     os.environ.setdefault("NEUROSERVE_HOME", str(settings.home_dir()))
     prefect_api.select()
+    tracking.connect()  # creates a new home's store while the Prefect server boots
     with settings.flow_settings():
         models = train_models(quick)
     serve_names = champions(models)
