@@ -10,8 +10,9 @@ Why not ``prefect server start --background``: it keeps only a PID file, refuses
 that file exists (so a killed server blocks the next start until someone deletes it), and knows
 no port or health. Here the state file records pid, process start time, port and Prefect version,
 and every reader checks all of them, so a crashed, killed or outdated server is detected and
-replaced. The only lock is an ``flock`` held for the few milliseconds of check-and-spawn; the
-kernel drops it when its holder dies, so a killed command never blocks the next.
+replaced. The only lock is an ``flock`` (``filelock``) held for the few milliseconds of
+check-and-spawn; the kernel drops it when its holder dies, so a killed command never blocks the
+next.
 
 Set ``PREFECT_API_URL`` to use a server of your own (nothing is started; it must answer), or
 ``NEUROSERVE_PREFECT_API=ephemeral`` to get Prefect's per-command embedded server back.
@@ -21,7 +22,6 @@ settings at import).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -31,11 +31,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+
+from filelock import FileLock
 
 from pipelines.errors import PipelineError, PrefectUnavailableError
 
@@ -149,15 +150,9 @@ def check_api(api_url: str) -> None:
     )
 
 
-@contextmanager
-def _locked(home: Path) -> Iterator[None]:
-    """Exclusive ``flock`` for check-and-spawn; released by the kernel if the holder dies."""
-    with (home / LOCK_FILE).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(home: Path) -> FileLock:
+    """Exclusive lock for check-and-spawn (``flock``: the kernel drops it if its holder dies)."""
+    return FileLock(home / LOCK_FILE)
 
 
 def _free_port() -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -42,7 +43,13 @@ def _probe(uri: str) -> None:
                 raise OSError(f"HTTP {resp.status}")
         return
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates and migrates a new SQLite store on first use; two commands doing it at
+        # once in a fresh home collide ("duplicate column name"), so first uses take turns.
+        with FileLock(db.with_name(db.name + ".lock")):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        return
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 

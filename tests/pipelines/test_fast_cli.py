@@ -8,7 +8,10 @@ so a schema change in a new MLflow fails here instead of printing wrong rows.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 
 from pipelines import listing
-from tests.blocking import HEAVY, NEUROSERVE, run_blocked
+from tests.blocking import HEAVY, NEUROSERVE, ROOT, run_blocked
 
 SUBCOMMANDS = ("train", "compare", "retrain", "schedule", "score", "models", "demo", "server")
 
@@ -122,3 +125,29 @@ def test_server_status_needs_no_heavy_import(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "local Prefect server: not running" in result.stdout
+
+
+def test_first_commands_started_together_in_a_fresh_home_share_one_new_store(
+    tmp_path: Path,
+) -> None:
+    """MLflow creates and migrates a new SQLite store on first use; commands racing to do it
+    in a fresh home must take turns, not fail with a half-migrated schema."""
+    db = tmp_path / "mlflow.db"
+    code = (
+        "from pipelines import tracking; "
+        f"tracking.connect('sqlite:///{db}').search_experiments(); print('ok')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    assert all(out.strip() == "ok" for out, _ in results)
