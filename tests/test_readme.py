@@ -7,6 +7,8 @@ from pathlib import Path
 
 from typer.main import get_command
 
+from pipelines import prefect_api
+from pipelines import settings as pipelines_settings
 from pipelines.cli import app
 from serving.settings import Settings
 
@@ -24,8 +26,9 @@ def test_every_documented_variable_is_a_setting() -> None:
     others = {
         "NEUROSERVE_HOME",
         "NEUROSERVE_CODE_DIR",
-        "NEUROSERVE_RETRIES",
-        "NEUROSERVE_RETRY_DELAY",
+        pipelines_settings.ENV_RETRIES,
+        pipelines_settings.ENV_RETRY_DELAY,
+        prefect_api.ENV_MODE,
     }
     for var in set(re.findall(r"NEUROSERVE_[A-Z_]+[A-Z]", README)):
         assert var in fields | others, f"README documents {var}, which nothing reads"
