@@ -589,6 +589,30 @@ def _export_and_register(
     return parity, register_version(uri, name, model_uri, run_id, version_tags)
 
 
+@task(
+    name="log-reference",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAY,
+    cache_policy=NO_CACHE,
+)
+def log_reference(
+    uri: str, run_id: str, onnx_path: str, result: training.TrainResult, *, name: str, version: str
+) -> int:
+    """Store the version's reference profile with its run (``monitor.REFERENCE_ARTIFACT``), so
+    monitoring can tell what "normal" looked like. Returns its rows."""
+    import pyarrow.parquet as pq
+
+    from pipelines import monitor
+
+    table = monitor.reference_profile(onnx_path, result, name, version)
+    artifact = Path(monitor.REFERENCE_ARTIFACT)
+    with tempfile.TemporaryDirectory(prefix="neuroserve-reference-") as tmp:
+        path = Path(tmp) / artifact.name
+        pq.write_table(table, path)
+        tracking.client_for(uri).log_artifact(run_id, str(path), str(artifact.parent))
+    return int(table.num_rows)
+
+
 @flow(name="train", log_prints=True)
 def train_flow(
     spec_dict: dict[str, Any],
@@ -613,6 +637,7 @@ def train_flow(
         with tempfile.TemporaryDirectory(prefix="neuroserve-export-") as tmp:
             onnx_path = str(Path(tmp) / "model.onnx")
             parity, version = _export_and_register(uri, run_id, name, result, onnx_path)
+            log_reference(uri, run_id, onnx_path, result, name=name, version=version)
             champ = score_champion(
                 uri,
                 name,
