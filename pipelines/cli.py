@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from pipelines.settings import DEFAULT_BATCH_SIZE
+from pipelines.settings import DEFAULT_BATCH_SIZE, DEFAULT_DRIFT_SHARE
 from training.catalog import BUILTIN_DATASETS, KIND_INPUTS
 from training.spec import ACTIVATIONS, OPTIMIZERS, POOLS, SCHEDULES, TrainSpec
 
@@ -600,18 +600,106 @@ def schedule(
             help="Start a local Prefect server when PREFECT_API_URL is unset (schedules need one)."
         ),
     ] = True,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="Also check every champion for drift on this cron (e.g. '*/30 * * * *'), "
+            "retraining on drift; see `neuroserve monitor`.",
+            show_default="no monitoring",
+        ),
+    ] = None,
 ) -> None:
-    """Serve retraining on a cron schedule (Prefect serve); blocks until Ctrl-C."""
+    """Serve retraining (and, with --monitor, drift checks) on cron schedules (Prefect serve);
+    blocks until Ctrl-C."""
     bootstrap(prefect=False)
     from pipelines import schedule as schedule_mod
 
-    schedule_mod.deployments(cron, list(model) if model else None)  # validate before starting
+    models = list(model) if model else None
+    schedule_mod.deployments(cron, models, monitor)  # validate before starting
     schedule_mod.serve(
         cron,
-        list(model) if model else None,
+        models,
         start_server=start_server,
         say=lambda text: console.print(text, soft_wrap=True, highlight=False),
+        monitor=monitor,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# monitor
+
+
+@app.command(cls=OneLineUsage)
+@user_errors
+def monitor(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="NAME (its champion), NAME@ALIAS or NAME/VERSION: the served version to check.",
+            show_default=False,
+        ),
+    ],
+    *,
+    since: Annotated[
+        str, typer.Option(help="How far back to read captures: 30m, 24h, 7d ...")
+    ] = "24h",
+    drift_share: Annotated[
+        float,
+        typer.Option(
+            help="Drift when at least this share of input columns drifted (or the predictions "
+            "did), in (0, 1]."
+        ),
+    ] = DEFAULT_DRIFT_SHARE,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain/--no-retrain",
+            help="On drift, retrain from the champion's spec; the quality gate decides.",
+        ),
+    ] = True,
+    retrain_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Retrain on this data set or file instead of the spec's own.",
+            show_default="the spec's",
+        ),
+    ] = None,
+    capture_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the server wrote captures (directory or s3://bucket/prefix).",
+            show_default="$NEUROSERVE_CAPTURE_DIR or $NEUROSERVE_HOME/captures",
+        ),
+    ] = None,
+) -> None:
+    """Compare what a served version captured with its training-time reference; on drift,
+    retrain (through the gate). Prints one line; the report is on an MLflow run."""
+    from pipelines.errors import PipelineError
+
+    if not 0 < drift_share <= 1:
+        raise PipelineError(f"--drift-share must be in (0, 1], got {drift_share}")
+    bootstrap()
+    from pipelines import monitor as monitor_mod
+
+    window = monitor_mod.parse_since(since)
+    outcome = run_flow(
+        monitor_mod.monitor_flow,
+        model,
+        since_hours=window.total_seconds() / 3600,
+        drift_share=drift_share,
+        retrain=retrain,
+        retrain_data=retrain_data,
+        capture_dir=capture_dir,
+    )
+    colour = {"drift": "red", "no drift": "green"}.get(outcome.verdict, "yellow")
+    console.print(
+        f"[bold {colour}]{outcome.model_name} v{outcome.version}[/bold {colour}]: "
+        f"{escape(outcome.line)} (last {since}; report on MLflow run {outcome.run_id})",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if outcome.retrain is not None:
+        console.print(f"retrained: {escape(outcome.retrain)}", soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,13 +788,14 @@ def score(
 @app.command()
 @user_errors
 def models() -> None:
-    """Registered models, their champion version and its primary test metric."""
+    """Registered models: champion version, its primary test metric, aliases and the champion's
+    last monitoring verdict."""
     bootstrap(prefect=False)
     from pipelines import listing, settings
 
     rows = listing.summarize(settings.tracking_uri())
     table = Table(title="registered models")
-    for col in ("model", "champion", "metric", "value", "latest", "aliases"):
+    for col in ("model", "champion", "metric", "value", "latest", "aliases", "monitored"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -716,6 +805,7 @@ def models() -> None:
             "-" if r.metric_value is None else f"{r.metric_value:.4f}",
             f"v{r.latest_version}",
             ", ".join(f"{a}=v{v}" for a, v in sorted(r.aliases.items())) or "-",
+            f"{r.verdict} ({r.verdict_at})" if r.verdict else "-",
         )
     if not rows:
         console.print(

@@ -39,12 +39,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.settings import DEFAULT_DRIFT_SHARE
+
 #: A column drifts at this distance (normed Wasserstein or Jensen-Shannon), Evidently's default...
 COLUMN_THRESHOLD = 0.1
 #: ... when its two-sample test (Kolmogorov-Smirnov, chi-square) also has p below this.
 COLUMN_ALPHA = 0.01
-#: Share of input columns that must drift for a verdict of drift (Evidently's default).
-DEFAULT_DRIFT_SHARE = 0.5
 #: Below this many current rows the verdict is "not enough data yet", never an alarm.
 MIN_ROWS = 200
 #: Text tokens: the reference's most frequent this many, the rest pooled as "other".

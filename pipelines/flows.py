@@ -746,8 +746,9 @@ def champion_specs(uri: str, only: list[str] | None = None) -> list[tuple[str, s
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(models: list[str] | None = None) -> list[RetrainReport]:
-    """Retrain every registered model (or ``models``) from its champion's stored spec.
+def retrain_flow(models: list[str] | None = None, data: str | None = None) -> list[RetrainReport]:
+    """Retrain every registered model (or ``models``) from its champion's stored spec, on
+    ``data`` instead of the spec's own when given (e.g. newer data after drift).
 
     Each model goes through the same train flow and gate; one model failing does not stop the
     others, but the flow fails at the end if any did, so a schedule shows red.
@@ -760,8 +761,10 @@ def retrain_flow(models: list[str] | None = None) -> list[RetrainReport]:
             reports.append(RetrainReport(name, False, "no champion with a stored spec; skipped"))
             continue
         try:
-            spec = specs.spec_from_json(text)
-            outcome = train_flow(spec.to_dict(), model_name=name)
+            spec_dict = specs.spec_from_json(text).to_dict()
+            if data is not None:
+                spec_dict = specs.spec_from_dict({**spec_dict, "data": data}).to_dict()
+            outcome = train_flow(spec_dict, model_name=name)
         except Exception as exc:
             logger.error("retraining %s failed: %s", name, _error_text(exc))
             reports.append(RetrainReport(name, False, _error_text(exc)))

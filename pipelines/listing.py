@@ -25,9 +25,14 @@ CHAMPION = "champion"
 DELETED_STAGE = "Deleted_Internal"
 #: MLflow's single-tenant workspace (``workspace_utils.DEFAULT_WORKSPACE_NAME``).
 DEFAULT_WORKSPACE = "default"
+#: The champion version's tags with the last monitoring verdict and its time
+#: (``pipelines.monitor`` writes them).
+VERDICT_TAG = "neuroserve.monitor.verdict"
+VERDICT_AT_TAG = "neuroserve.monitor.at"
 #: Columns read per table; a missing one means another schema, and MLflow reads it instead.
 COLUMNS = {
     "registered_models": {"name"},
+    "model_version_tags": {"name", "version", "key", "value"},
     "model_versions": {"name", "version", "current_stage", "run_id"},
     "registered_model_aliases": {"name", "alias", "version"},
     "tags": {"key", "value", "run_uuid"},
@@ -45,6 +50,9 @@ class ModelSummary:
     metric_name: str | None
     metric_value: float | None
     aliases: dict[str, str]
+    #: The champion's last monitoring verdict and when (ISO time), if it was ever monitored.
+    verdict: str | None = None
+    verdict_at: str | None = None
 
 
 class SchemaMismatchError(Exception):
@@ -110,7 +118,16 @@ def _rows(conn: sqlite3.Connection) -> list[ModelSummary]:
         champion = aliases.get(name, {}).get(CHAMPION)
         metric_name: str | None = None
         metric_value: float | None = None
+        verdict = verdict_at = None
         if champion is not None:
+            tags = dict(
+                conn.execute(
+                    "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ? "
+                    "AND key IN (?, ?)",
+                    (name, int(champion), VERDICT_TAG, VERDICT_AT_TAG),
+                ).fetchall()
+            )
+            verdict, verdict_at = tags.get(VERDICT_TAG), tags.get(VERDICT_AT_TAG)
             found = conn.execute(
                 "SELECT run_id FROM model_versions WHERE name = ? AND version = ?",
                 (name, int(champion)),
@@ -125,6 +142,8 @@ def _rows(conn: sqlite3.Connection) -> list[ModelSummary]:
                 metric_name=metric_name,
                 metric_value=metric_value,
                 aliases=aliases.get(name, {}),
+                verdict=verdict,
+                verdict_at=verdict_at,
             )
         )
     return rows
@@ -170,6 +189,8 @@ def _from_client(client: Any) -> list[ModelSummary]:
                 metric_name=metric_name,
                 metric_value=metric_value,
                 aliases={str(k): str(v) for k, v in rm.aliases.items()},
+                verdict=champ.tags.get(VERDICT_TAG) if champ else None,
+                verdict_at=champ.tags.get(VERDICT_AT_TAG) if champ else None,
             )
         )
     return rows

@@ -20,6 +20,10 @@ from pipelines.errors import PipelineError, PrefectUnavailableError
 
 DEFAULT_CRON = "0 3 * * *"
 DEPLOYMENT_NAME = "retrain-all"
+#: The monitoring deployment (``neuroserve schedule --monitor CRON``, prefect.yaml).
+MONITOR_DEPLOYMENT_NAME = "monitor-all"
+#: What prefect.yaml's monitoring deployment runs on.
+DEFAULT_MONITOR_CRON = "*/30 * * * *"
 
 
 @contextmanager
@@ -57,29 +61,49 @@ def schedule_api(start_server: bool = True, say: Any = print) -> Iterator[str]:
             os.environ.pop("PREFECT_API_URL", None)
 
 
-def deployments(cron: str = DEFAULT_CRON, models: list[str] | None = None) -> list[Any]:
-    """The runner deployments ``serve`` runs: retrain every (or the listed) model on ``cron``."""
+def _cron(flag: str, expression: str) -> Any:
     from prefect.schedules import Cron
 
-    from pipelines.flows import retrain_flow
-
     try:
-        schedule = Cron(cron, timezone="UTC")
+        return Cron(expression, timezone="UTC")
     except ValueError as exc:
         raise PipelineError(
-            f"--cron {cron!r} is not a cron expression ({exc}); expected five fields, "
+            f"{flag} {expression!r} is not a cron expression ({exc}); expected five fields, "
             "e.g. '0 3 * * *' (03:00 every day)"
         ) from None
-    return [
+
+
+def deployments(
+    cron: str = DEFAULT_CRON, models: list[str] | None = None, monitor: str | None = None
+) -> list[Any]:
+    """The runner deployments ``serve`` runs: retrain every (or the listed) model on ``cron``;
+    with ``monitor``, also check their champions for drift on that cron (retraining on drift)."""
+    from pipelines.flows import retrain_flow
+    from pipelines.monitor import monitor_all_flow
+
+    parameters = {"models": models} if models else {}
+    out = [
         retrain_flow.to_deployment(
             name=DEPLOYMENT_NAME,
-            schedule=schedule,
-            parameters={"models": models} if models else {},
+            schedule=_cron("--cron", cron),
+            parameters=parameters,
             description="Retrain every registered model from its champion's spec, through the "
             "quality gate.",
             tags=["neuroserve", "retrain"],
         )
     ]
+    if monitor is not None:
+        out.append(
+            monitor_all_flow.to_deployment(
+                name=MONITOR_DEPLOYMENT_NAME,
+                schedule=_cron("--monitor", monitor),
+                parameters=parameters,
+                description="Compare each champion's recent captures with its reference "
+                "profile; retrain on drift (the quality gate decides).",
+                tags=["neuroserve", "monitor"],
+            )
+        )
+    return out
 
 
 def serve(
@@ -87,11 +111,14 @@ def serve(
     models: list[str] | None = None,
     start_server: bool = True,
     say: Any = print,
+    monitor: str | None = None,
 ) -> None:
     """Block serving the schedules until interrupted."""
     import prefect
 
-    deps = deployments(cron, models)
+    deps = deployments(cron, models, monitor)
     with schedule_api(start_server=start_server, say=say):
         say(f"Serving deployment retrain/{DEPLOYMENT_NAME} on cron {cron!r}; Ctrl-C stops.")
+        if monitor is not None:
+            say(f"Serving deployment monitor-all/{MONITOR_DEPLOYMENT_NAME} on cron {monitor!r}.")
         prefect.serve(*deps, print_starting_message=False)

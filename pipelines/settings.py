@@ -19,6 +19,8 @@ ENV_RETRIES = "NEUROSERVE_RETRIES"
 ENV_RETRY_DELAY = "NEUROSERVE_RETRY_DELAY"
 #: Rows per ONNX Runtime call in batch scoring (``neuroserve score --batch-size``).
 DEFAULT_BATCH_SIZE = 1024
+#: Share of drifted input columns that makes a monitoring verdict "drift" (Evidently's default).
+DEFAULT_DRIFT_SHARE = 0.5
 
 
 def home_dir() -> Path:

@@ -54,6 +54,9 @@ def store(client: Any) -> Any:
         for alias, version in aliases.items():
             client.set_registered_model_alias(name, alias, str(version))
     client.delete_model_version("alpha", "3")  # the latest is deleted: latest shows v2
+    client.set_model_version_tag("alpha", "2", listing.VERDICT_TAG, "no drift")
+    client.set_model_version_tag("alpha", "2", listing.VERDICT_AT_TAG, "2026-11-28T08:00:00+00:00")
+    client.set_model_version_tag("beta", "1", listing.VERDICT_TAG, "drift")  # not a champion
     return client
 
 
@@ -76,6 +79,8 @@ def test_fast_listing_equals_mlflows_own(store: Any, home: Path) -> None:
     assert [r.name for r in fast] == ["alpha", "beta", "delta", "epsilon", "gamma"]
     alpha, beta, delta, epsilon, gamma = fast
     assert (alpha.latest_version, alpha.champion_version, alpha.metric_value) == ("2", "2", 0.95)
+    assert (alpha.verdict, alpha.verdict_at) == ("no drift", "2026-11-28T08:00:00+00:00")
+    assert beta.verdict is None  # only a champion's verdict is shown
     assert (beta.champion_version, beta.aliases) == (None, {"challenger": "1"})
     assert (delta.champion_version, delta.metric_name, delta.metric_value) == ("1", None, None)
     assert (epsilon.latest_version, epsilon.champion_version) == ("-", None)
@@ -106,7 +111,7 @@ def test_listing_a_home_with_no_store_creates_none(tmp_path: Path) -> None:
 def test_models_lists_without_mlflow_torch_or_prefect(store: Any, home: Path) -> None:
     result = run_blocked(NEUROSERVE, ["neuroserve", "models"], blocked=(*HEAVY, "mlflow"))
     assert result.returncode == 0, result.stderr[-3000:]
-    for shown in ("alpha", "v2", "0.9500", "challenger=v1", "gamma", "champion=v1"):
+    for shown in ("alpha", "v2", "0.9500", "challenger=v1", "gamma", "champion=v1", "no drift"):
         assert shown in result.stdout, result.stdout
 
 

@@ -34,13 +34,27 @@ def test_bad_cron_is_a_user_error() -> None:
 
 def test_prefect_yaml_matches_and_its_entrypoints_import(monkeypatch: pytest.MonkeyPatch) -> None:
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (dep,) = config["deployments"]
+    by_name = {d["name"]: d for d in config["deployments"]}
+    assert set(by_name) == {schedule.DEPLOYMENT_NAME, schedule.MONITOR_DEPLOYMENT_NAME}
     monkeypatch.chdir(REPO)
-    flow = import_object(dep["entrypoint"])
-    assert isinstance(flow, Flow) and flow.name == "retrain"
-    assert dep["name"] == schedule.DEPLOYMENT_NAME
-    assert dep["schedules"][0]["cron"] == schedule.DEFAULT_CRON
-    assert dep["work_pool"]["name"]
+    for name, flow_name, cron in (
+        (schedule.DEPLOYMENT_NAME, "retrain", schedule.DEFAULT_CRON),
+        (schedule.MONITOR_DEPLOYMENT_NAME, "monitor-all", schedule.DEFAULT_MONITOR_CRON),
+    ):
+        dep = by_name[name]
+        flow = import_object(dep["entrypoint"])
+        assert isinstance(flow, Flow) and flow.name == flow_name
+        assert dep["schedules"][0]["cron"] == cron
+        assert dep["work_pool"]["name"]
+
+
+def test_monitoring_is_scheduled_beside_retraining() -> None:
+    retrain, monitor = schedule.deployments("0 3 * * *", ["digits-cnn"], monitor="*/30 * * * *")
+    assert monitor.name == schedule.MONITOR_DEPLOYMENT_NAME
+    assert monitor.parameters == {"models": ["digits-cnn"]} == retrain.parameters
+    assert monitor.schedules[0].schedule.cron == "*/30 * * * *"
+    result = CliRunner().invoke(app, ["schedule", "--monitor", "every half hour"])
+    assert result.exit_code == 2 and "--monitor 'every half hour' is not a cron" in result.stderr
 
 
 def test_dead_api_url_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
