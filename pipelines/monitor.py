@@ -158,7 +158,10 @@ def read_current(location: str, name: str, version: str, since: timedelta) -> pa
     try:
         return read_captures(location, name, version=version, since=since)
     except CaptureError as exc:
-        raise PipelineError(f"cannot read captures: {exc}") from None
+        raise PipelineError(
+            f"cannot read captures: {exc}; the server writes them there when it runs with "
+            "--capture-rate above 0 (and --capture-dir, if not the default)"
+        ) from None
 
 
 @task(name="record-verdict", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY,
