@@ -323,6 +323,15 @@ def _print_topk(model: str, rows: list[list[Prediction]]) -> None:
     Console().print(table)
 
 
+def _batches(data: Any, limit: int, rank: int) -> list[Any]:
+    """A file's examples in requests the model accepts (at most ``max_batch_size`` each), so a
+    300-row CSV is sent, not refused; one example, or a model without a limit, is one request."""
+    batched = isinstance(data, list) or (isinstance(data, np.ndarray) and data.ndim == rank)
+    if limit <= 0 or not batched or len(data) <= limit:
+        return [data]
+    return [data[start : start + limit] for start in range(0, len(data), limit)]
+
+
 def predict_main(argv: list[str] | None = None) -> int:
     """Entry point of ``neuroserve predict``; returns the exit code."""
     args = _predict_parser().parse_args(argv)
@@ -331,15 +340,20 @@ def predict_main(argv: list[str] | None = None) -> int:
             args.url, token=args.token, timeout=args.timeout, root_certificates=args.ca
         ) as client:
             meta = client.model_metadata(args.model)
-            data = load_input(args.input, list(meta.inputs[0].shape) if meta.inputs else [])
+            shape = list(meta.inputs[0].shape) if meta.inputs else []
+            data = load_input(args.input, shape)
+            config = client.model_config(args.model).config
             k = args.top_k
             if k is None:  # classifiers default to their top 3, other models print values
-                params = client.model_config(args.model).config.parameters
-                k = 3 if "labels" in params or "vocabulary" in params else 0
+                k = 3 if "labels" in config.parameters or "vocabulary" in config.parameters else 0
+            parts = _batches(data, config.max_batch_size, len(shape))
             if k:
-                _print_topk(args.model, client.top_k(args.model, data, k))
+                _print_topk(
+                    args.model, [p for part in parts for p in client.top_k(args.model, part, k)]
+                )
             else:
-                result = client.predict(args.model, data)
+                results = [client.predict(args.model, part) for part in parts]
+                result = results[0] if len(results) == 1 else np.concatenate(results)
                 np.set_printoptions(precision=6, suppress=True)
                 print(result)
     except ClientError as exc:

@@ -224,3 +224,15 @@ def test_home_and_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.resolved_cache_dir() == tmp_path / "home" / "cache"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert Settings().tracking_uri() == "http://mlflow:5000"
+
+
+def test_predict_sends_a_file_larger_than_max_batch_size_in_several_requests(
+    server: ServerThread, model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The classifier takes at most 8 per request; a 21-row file is answered row for row."""
+    x = np.random.default_rng(3).normal(5, 1.5, (21, 4)).astype(np.float32)
+    npy = tmp_path / "many.npy"
+    np.save(npy, x)
+    assert predict_main(["classifier", "--input", str(npy), "--url", server.address]) == 0
+    probs = _reference(model_repo, "classifier", {"input": x})
+    _assert_top_k(capsys.readouterr().out, probs, onnx_models.CLASS_LABELS, k=3)
