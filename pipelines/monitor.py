@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -122,8 +123,12 @@ class MonitorOutcome:
         return asdict(self)
 
 
-@task(name="read-reference", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY,
-      cache_policy=NO_CACHE)  # fmt: skip
+@task(
+    name="read-reference",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAY,
+    cache_policy=NO_CACHE,
+)
 def read_reference(uri: str, name: str, version: str, run_id: str | None) -> pa.Table:
     """The version's reference profile, downloaded from its run."""
     import pyarrow.parquet as pq
@@ -136,18 +141,13 @@ def read_reference(uri: str, name: str, version: str, run_id: str | None) -> pa.
         "trained before monitoring existed; retrain it (`neuroserve retrain -m "
         f"{name}`) to start monitoring"
     )
-    if not run_id:
+    folder = str(PurePosixPath(REFERENCE_ARTIFACT).parent)
+    if not run_id or REFERENCE_ARTIFACT not in {
+        a.path for a in client.list_artifacts(run_id, folder)
+    }:
         raise missing
     with tempfile.TemporaryDirectory(prefix="neuroserve-monitor-") as tmp:
-        try:
-            path = client.download_artifacts(run_id, REFERENCE_ARTIFACT, tmp)
-        except Exception as exc:  # MLflow raises several types for a missing artifact
-            if ("not" in str(exc).lower() and "exist" in str(exc).lower()) or isinstance(
-                exc, OSError | FileNotFoundError
-            ):
-                raise missing from None
-            raise
-        return pq.read_table(path)
+        return pq.read_table(client.download_artifacts(run_id, REFERENCE_ARTIFACT, tmp))
 
 
 @task(name="read-captures", cache_policy=NO_CACHE)
@@ -164,8 +164,12 @@ def read_current(location: str, name: str, version: str, since: timedelta) -> pa
         ) from None
 
 
-@task(name="record-verdict", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY,
-      cache_policy=NO_CACHE)  # fmt: skip
+@task(
+    name="record-verdict",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAY,
+    cache_policy=NO_CACHE,
+)
 def record_verdict(
     uri: str, name: str, version: str, report: drift.DriftReport, window: str
 ) -> str:
@@ -183,8 +187,8 @@ def record_verdict(
     }
     run_id = tracking.start_run(client, experiment_id, f"{name}-monitor-v{version}", tags)
     tracking.log_metrics(client, run_id, report.metrics())
-    client.log_text(run_id, drift.report_html(report, f"{name} v{version}: drift"),
-                    "monitor/report.html")  # fmt: skip
+    page = drift.report_html(report, f"{name} v{version}: drift")
+    client.log_text(run_id, page, "monitor/report.html")
     client.log_dict(run_id, report.to_dict(), "monitor/drift.json")
     client.set_terminated(run_id)
     when = datetime.now(UTC).isoformat(timespec="seconds")
@@ -234,8 +238,9 @@ def monitor_flow(
     current: Any = read_current(capture_dir or default_capture_dir(), name, version, window)
     report = drift.compare(reference, current, drift_share=drift_share)
     run_id = record_verdict(uri, name, version, report, f"{since_hours:g}h")
-    outcome = MonitorOutcome(name, version, report.verdict, report.line, run_id,
-                             current.num_rows, report.to_dict())  # fmt: skip
+    outcome = MonitorOutcome(
+        name, version, report.verdict, report.line, run_id, current.num_rows, report.to_dict()
+    )
     logger.info("%s v%s: %s", name, version, report.line)
     if report.verdict == "drift" and retrain:
         (done,) = retrain_flow([name], data=retrain_data)

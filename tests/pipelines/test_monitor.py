@@ -149,3 +149,16 @@ def test_bad_monitor_options_are_one_red_line(home: Path, args: list[str], needl
 def test_monitoring_a_model_that_does_not_exist_names_it(home: Path) -> None:
     result = CliRunner().invoke(app, ["monitor", "nope"])
     assert result.exit_code == 2 and "no registered model named 'nope'" in result.stderr
+
+
+def test_a_version_without_a_reference_profile_says_how_to_get_one(home: Path, client: Any) -> None:
+    """A version trained before monitoring existed: one line saying to retrain it."""
+    exp = client.create_experiment("old")
+    run_id = client.create_run(exp).info.run_id
+    client.create_registered_model("old-model")
+    client.create_model_version("old-model", f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("old-model", "champion", "1")
+    result = CliRunner().invoke(app, ["monitor", "old-model"])
+    assert result.exit_code == 2, result.output
+    assert "old-model v1 has no reference profile" in result.stderr
+    assert "neuroserve retrain -m old-model" in result.stderr
