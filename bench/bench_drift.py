@@ -283,7 +283,9 @@ class Cell:
         for r in self.reports:
             drifted.update(c.column for c in r.columns if c.drifted)
         top = ", ".join(f"{c} {n}" for c, n in drifted.most_common(8)) or "none"
-        return f"  {self.data} / {self.condition.name}: drifted columns (seeds) {top}"
+        shares = [r.input_share for r in self.reports if r.verdict != "not enough data"]
+        most = f"largest input share {max(shares):.2f}; " if shares else ""
+        return f"  {self.data} / {self.condition.name}: {most}drifted columns (seeds) {top}"
 
 
 def run(datasets: list[str], seeds: list[int], rows: int) -> list[Cell]:

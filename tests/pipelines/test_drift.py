@@ -259,10 +259,10 @@ def test_text_other_domain_is_drift(seed: int) -> None:
 # --------------------------------------------------------------------------- real models
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bench_drift.Model]:
-    """A breast-cancer FNN and a digits CNN, trained, exported and profiled as the bench
-    (and the train flow) does; a few epochs each."""
+    """A breast-cancer FNN, a digits CNN and a sunspots LSTM, trained, exported and profiled as
+    the bench (and the train flow) does; a few epochs each."""
     tmp = tmp_path_factory.mktemp("drift-models")
-    epochs = {"breast-cancer": 10, "digits": 3}
+    epochs = {"breast-cancer": 10, "digits": 3, "sunspots": 5}
     saved = dict(bench_drift.MODELS)
     try:
         for name, n in epochs.items():
@@ -289,6 +289,17 @@ def verdict(model: bench_drift.Model, condition: str, seed: int = 0) -> drift.Dr
         ("digits", "held-out", "no drift"),
         ("digits", "rotated 90°", "drift"),
         ("digits", "inverted", "drift"),
+        pytest.param(
+            "sunspots",
+            "training windows",
+            "no drift",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the profile's predictions are the test split's, a later period of the "
+                "series: the training windows' forecasts read as drift (inputs do not)",
+            ),
+        ),
+        ("sunspots", "level +2 std", "drift"),
     ],
 )
 def test_real_models(
