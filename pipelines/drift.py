@@ -19,7 +19,10 @@ not raise alarms) *and* a two-sample test rejects "same distribution" at :data:`
 uses below a thousand rows): with few rows a distance alone is mostly noise (a 36-row test split
 has no stable spread). The
 verdict: *drift* when at least ``drift_share`` of the input columns drifted, or the predictions
-did (a model that now answers differently matters even when its inputs look alike).
+did (a model that now answers differently matters even when its inputs look alike). Inputs are
+compared with the profile's training rows, predictions with the profile's rows that carry them
+(``pipelines/monitor.py`` decides which: the test split, or for splits in time the training
+windows).
 
 Why SciPy rather than Evidently itself: Evidently's newest release (0.7.23) fails to import with
 pandas 3 (it imports ``pandas.core.dtypes.common.infer_dtype_from_object``, which pandas 3
@@ -85,6 +88,7 @@ class DriftReport:
     """The verdict and every column behind it."""
 
     verdict: Verdict
+    #: The profile's training rows, which inputs are compared with.
     n_reference: int
     n_current: int
     drift_share: float
@@ -108,7 +112,7 @@ class DriftReport:
         return (
             f"{self.verdict}: {what}"
             + (f" [{top}]" if drifted else "")
-            + (f"; {self.n_current} rows vs {self.n_reference} reference rows")
+            + f"; {self.n_current} rows vs {self.n_reference} training rows"
         )
 
     def metrics(self) -> dict[str, float]:
@@ -265,12 +269,13 @@ def compare(
     if not 0 < drift_share <= 1:
         raise ValueError(f"drift share must be in (0, 1], got {drift_share}")
     n_current = current.num_rows
+    learned = _training_rows(reference)
     if n_current < min_rows:
-        return DriftReport("not enough data", reference.num_rows, n_current, drift_share, 0.0,
-                           False, [])  # fmt: skip
+        return DriftReport(
+            "not enough data", learned.num_rows, n_current, drift_share, 0.0, False, []
+        )
     columns = comparable_columns(reference)
     theirs = comparable_columns(current)
-    learned = _training_rows(reference)
     results: list[ColumnDrift] = []
     for name, (group, kind) in columns.items():
         if name not in theirs:
@@ -294,8 +299,7 @@ def compare(
     share = sum(c.drifted for c in inputs) / len(inputs) if inputs else 0.0
     predicted = any(c.drifted for c in results if c.group == "prediction")
     verdict: Verdict = "drift" if (inputs and share >= drift_share) or predicted else "no drift"
-    return DriftReport(verdict, reference.num_rows, n_current, drift_share, share, predicted,
-                       results)  # fmt: skip
+    return DriftReport(verdict, learned.num_rows, n_current, drift_share, share, predicted, results)
 
 
 def _training_rows(reference: pa.Table) -> pa.Table:
