@@ -287,10 +287,11 @@ def curves_figure(
 ) -> figures.Figure:
     """Validation loss and validation primary metric per epoch: one colour per variant, one
     line per seed."""
-    import matplotlib.pyplot as plt
+    import matplotlib
 
-    fig, (ax_loss, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", [None])
+    fig = figures.Figure(figsize=(11, 4))
+    ax_loss, ax_m = fig.subplots(1, 2)
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", [None])
     for i, (label, runs) in enumerate(histories.items()):
         colour = colours[i % len(colours)]
         alpha = 1.0 if len(runs) == 1 else 0.6
@@ -485,7 +486,6 @@ def _log_parent(
     client.log_text(run_id, table_markdown(outcome), "comparison.md")
     fig = curves_figure(histories, outcome.metric_name, f"{outcome.model_name}: variants")
     client.log_figure(run_id, fig, "figures/validation_curves.png")
-    figures.close(fig)
     client.set_tag(run_id, "neuroserve.winner", outcome.winner)
     if outcome.note:
         client.set_tag(run_id, "neuroserve.winner_note", outcome.note)

@@ -1,8 +1,10 @@
 """The figures ops look at in a run: learning curves, confusion matrix, forecast vs truth, and
 sample next-word completions for text models.
 
-Matplotlib runs headless (Agg): flows run on servers and in Prefect workers with no display.
-Each function returns a Figure (or text) and never touches MLflow; the flow logs them.
+Figures are built with matplotlib's object API (``Figure``), never pyplot: no display, no global
+figure registry to leak into or to share between a flow's threads, and no backend import at start
+(matplotlib's advice for servers). Each function returns a Figure (or text) and never touches
+MLflow; the flow logs them.
 """
 
 from __future__ import annotations
@@ -10,10 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -22,7 +20,8 @@ CLASSIFIER_TASKS = ("binary", "multiclass")
 
 def learning_curves(history: Sequence[dict[str, Any]], title: str) -> Figure:
     """Train/val loss (left) and every validation metric (right) per epoch."""
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_metric = fig.subplots(1, 2)
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
     for key in ("train_loss", "val_loss"):
         if history and key in history[0]:
@@ -55,7 +54,8 @@ def confusion_matrix(
     counts = np.zeros((k, k), dtype=int)
     np.add.at(counts, (truth, pred), 1)
     names = list(labels) if len(labels) == k else [str(i) for i in range(k)]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
+    fig = Figure(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
+    ax = fig.subplots()
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), names, rotation=45, ha="right")
     ax.set_yticks(range(k), names)
@@ -80,7 +80,8 @@ def confusion_matrix(
 
 def forecast_vs_truth(y_true: np.ndarray, output: np.ndarray, title: str) -> Figure:
     """One-step-ahead forecasts over the test split against what really happened."""
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
     ax.plot(np.asarray(y_true).reshape(-1), label="truth")
     ax.plot(np.asarray(output).reshape(-1), label="forecast", alpha=0.8)
     ax.set_xlabel("test step")
@@ -92,7 +93,8 @@ def forecast_vs_truth(y_true: np.ndarray, output: np.ndarray, title: str) -> Fig
 
 def regression_scatter(y_true: np.ndarray, output: np.ndarray, title: str) -> Figure:
     """Predicted against true values; the diagonal is perfect."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     truth = np.asarray(y_true).reshape(-1)
     pred = np.asarray(output).reshape(-1)
     ax.scatter(truth, pred, s=8, alpha=0.6)
@@ -127,8 +129,3 @@ def next_word_samples(
         shown = ", ".join(f"{word(int(g))} ({output[row][g]:.2f})" for g in guesses)
         lines.append(f"... {context} -> true: {word(int(y_test[row]))} | model: {shown}")
     return "\n".join(lines) + "\n"
-
-
-def close(fig: Figure) -> None:
-    """Free the figure's memory (pyplot keeps references otherwise)."""
-    plt.close(fig)

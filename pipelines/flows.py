@@ -299,23 +299,19 @@ def log_figures(uri: str, run_id: str, result: training.TrainResult, title: str)
     if len(result.history) >= 2:
         fig = figures.learning_curves(result.history, title)
         client.log_figure(run_id, fig, "figures/learning_curves.png")
-        figures.close(fig)
         logged.append("figures/learning_curves.png")
     output = np.asarray(result.test_output)
     if data.task in figures.CLASSIFIER_TASKS:
         fig = figures.confusion_matrix(data.y_test, output, list(data.labels or []), title)
         client.log_figure(run_id, fig, "figures/confusion_matrix.png")
-        figures.close(fig)
         logged.append("figures/confusion_matrix.png")
     elif data.task == "forecast":
         fig = figures.forecast_vs_truth(data.y_test, output, title)
         client.log_figure(run_id, fig, "figures/forecast_vs_truth.png")
-        figures.close(fig)
         logged.append("figures/forecast_vs_truth.png")
     elif data.task == "regression":
         fig = figures.regression_scatter(data.y_test, output, title)
         client.log_figure(run_id, fig, "figures/predicted_vs_true.png")
-        figures.close(fig)
         logged.append("figures/predicted_vs_true.png")
     elif data.task == "next-token":
         text = figures.next_word_samples(

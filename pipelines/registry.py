@@ -171,13 +171,15 @@ def create_version(
         name, source=model_uri, run_id=run_id, tags={**tags, STATE_TAG: "registering"}
     )
     deadline = time.monotonic() + 300
+    pause = 0.02  # a local store is READY at once; a remote one may take a while
     while mv.status != "READY":
         if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
             raise PipelineError(
                 f"model {name!r} version {mv.version} did not become READY "
                 f"(status {mv.status}: {mv.status_message})"
             )
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
         mv = client.get_model_version(name, mv.version)
     return mv
 
