@@ -63,10 +63,7 @@ depends on its kind: the model's ``input_kind`` metadata (docs/contracts.md), el
             ``B.min``, ``B.max``, ``B.last``, ``B.change_mean``, ``B.change_std`` (the
             step-to-step changes): value and change distributions.
     image   ``B.mean``, ``B.std``, ``B.min``, ``B.max``, ``B.p05``, ``B.p50``, ``B.p95`` of the
-            image's pixels; where its brightness sits, ``B.cy``, ``B.cx`` (centre) and
-            ``B.sy``, ``B.sx`` (spread) as fractions of height and width and ``B.rxy`` (their
-            correlation), which see a rotated or shifted image that intensities cannot;
-            ``B.c<i>.mean`` per channel when there are several; with
+            image's pixels, ``B.c<i>.mean`` per channel when there are several; with
             ``--capture-images pixels`` also ``B``, the list of every pixel (C*H*W, row-major).
     text    ``B`` list of token ids as the model received them, ``B.length`` (tokens that are not
             padding) and, when the vocabulary names an unknown token, ``B.unk_rate`` (the share
@@ -165,18 +162,7 @@ NUMERICAL_TASKS: Final = frozenset({"regression", "forecast"})
 MAX_COLUMNS: Final = 256
 IMAGE_PERCENTILES: Final = (5, 50, 95)
 SERIES_STATS: Final = ("mean", "std", "min", "max", "last", "change_mean", "change_std")
-#: Where an image's brightness sits: centre (``cy``, ``cx``) and spread (``sy``, ``sx``) as
-#: fractions of its height and width, and their correlation (``rxy``). Intensity statistics
-#: alone cannot see a rotated or shifted image; these can.
-IMAGE_GEOMETRY: Final = ("cy", "cx", "sy", "sx", "rxy")
-IMAGE_STATS: Final = (
-    "mean",
-    "std",
-    "min",
-    "max",
-    *(f"p{p:02d}" for p in IMAGE_PERCENTILES),
-    *IMAGE_GEOMETRY,
-)
+IMAGE_STATS: Final = ("mean", "std", "min", "max", *(f"p{p:02d}" for p in IMAGE_PERCENTILES))
 
 #: How often the writer thread drains the buffer, in seconds.
 POLL_S: Final = 0.1
@@ -699,29 +685,8 @@ def _image_stats(x: np.ndarray, channels: int) -> list[np.ndarray]:
         ordered[:, 0],
         ordered[:, -1],
         *percentiles.T,
-        *_image_geometry(x.reshape(n, max(channels, 1), *x.shape[-2:])),
         *per_channel.T,
     ]
-
-
-def _image_geometry(x: np.ndarray) -> list[np.ndarray]:
-    """IMAGE_GEOMETRY per item of ``x`` [n, channels, height, width]: moments of the
-    channel-mean image above its own minimum (a blank image gives NaN)."""
-    n, _, height, width = x.shape
-    mass = x.mean(axis=1, dtype=np.float64)
-    mass -= mass.reshape(n, -1).min(axis=1)[:, None, None]
-    total = mass.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ys = np.linspace(0.0, 1.0, height) if height > 1 else np.zeros(1)
-        xs = np.linspace(0.0, 1.0, width) if width > 1 else np.zeros(1)
-        rows, cols = mass.sum(axis=2), mass.sum(axis=1)
-        cy, cx = rows @ ys / total, cols @ xs / total
-        dy, dx = ys[None, :] - cy[:, None], xs[None, :] - cx[:, None]
-        sy = np.sqrt((rows * dy**2).sum(axis=1) / total)
-        sx = np.sqrt((cols * dx**2).sum(axis=1) / total)
-        cov = np.einsum("nhw,nh,nw->n", mass, dy, dx) / total
-        rxy = cov / (sy * sx)
-    return [cy, cx, sy, sx, rxy]
 
 
 def _repeat(values: Sequence[Any], counts: np.ndarray, type_: pa.DataType) -> pa.Array:
