@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -401,9 +402,22 @@ def _print_baselines(o: Any) -> None:
     console.print(table)
 
 
-@app.command(cls=OneLineUsage)
+class TrainCommand(OneLineUsage):
+    """``train`` keeps its arguments as given, so ``--nproc N`` can start the same command in N
+    processes (sys.argv is not the command line when the app is invoked from Python)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[TRAIN_ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
+TRAIN_ARGV = "neuroserve.train.argv"
+
+
+@app.command(cls=TrainCommand)
 @user_errors
 def train(
+    ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=KINDS_HELP, show_default=False)],
     *,
     data: DataOption = None,
@@ -437,15 +451,72 @@ def train(
     promote: Annotated[
         bool, typer.Option("--promote", help="Make it champion even if the gate says no.")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="Training processes on this machine (DistributedDataParallel through torchrun): "
+            "one per GPU (NCCL), else one per CPU core (gloo); rank 0 records the run. Leave it "
+            "out under your own torchrun.",
+            show_default="1",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
 ) -> None:
     """Train one model, evaluate it against a baseline, export ONNX, record it in MLflow,
     register a version and gate it to @champion or @challenger."""
     spec = _spec_from(kind, dict(locals()))  # first: locals() is exactly the options here
+    # torchrun sets WORLD_SIZE in every process it starts; training.distributed reads the rest.
+    if (nproc is not None or "WORLD_SIZE" in os.environ) and _train_distributed(
+        spec, nproc, ctx.meta.get(TRAIN_ARGV, []), name=name, promote=promote
+    ):
+        return
     bootstrap()
     from pipelines.flows import train_flow
 
     outcome = run_flow(train_flow, spec.to_dict(), model_name=name, promote=promote, progress=True)
     _print_train(outcome)
+
+
+def _train_distributed(
+    spec: Any, nproc: int | None, argv: list[str], *, name: str | None, promote: bool
+) -> bool:
+    """``--nproc N`` and torchrun: False when training stays in this one process.
+
+    Outside torchrun this process is only the launcher: it starts ``neuroserve train`` with the
+    same arguments in N processes and reports the one that failed first. Inside, rank 0 runs the
+    train flow (MLflow, export, gate) and the other ranks only train their shard.
+    """
+    from training import distributed
+
+    world = distributed.world_from_env()
+    count = distributed.check_nproc(nproc, world)
+    if world is None and count == 1:
+        return False
+    resolved = spec.resolved()
+    if world is None:
+        distributed.check_batch_size(resolved.batch_size, count)  # before any process starts
+        try:
+            distributed.launch(count, [sys.executable, "-m", "pipelines", "train", *argv])
+        except distributed.LaunchError as exc:
+            if exc.printed:  # rank 0 showed its own red line
+                raise typer.Exit(exc.exit_code) from None
+            fail(str(exc), exc.exit_code)
+        return True
+    if world.rank != 0:
+        raise typer.Exit(distributed.run_worker(world, spec))
+    distributed.check_batch_size(resolved.batch_size, world.world_size)
+    try:
+        with distributed.as_rank_zero(world):
+            bootstrap()
+            from pipelines.flows import train_flow
+
+            outcome = run_flow(
+                train_flow, spec.to_dict(), model_name=name, promote=promote, progress=True
+            )
+    except distributed.PeerError:  # the launcher names the process that failed
+        raise typer.Exit(distributed.PEER_EXIT) from None
+    _print_train(outcome)
+    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,15 +10,18 @@ tensor side and read once per epoch, so the loop costs almost nothing over a han
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from training import distributed
 from training.callbacks import Callback, is_improvement
 from training.errors import SpecError
 from training.spec import OPTIMIZERS
@@ -119,6 +122,70 @@ class _Schedule:
             self._set(self.optimizer.param_groups[0]["lr"] * 0.5)
 
 
+class _Shard:
+    """Which samples this process trains on, and how it agrees with the others.
+
+    Alone, it is the whole training set in the loop's own seeded order and every method is a
+    no-op. In a process group, each epoch's indices come from ``DistributedSampler`` (seeded with
+    the spec's seed and the epoch, so every process draws the same permutation and takes its own
+    equal share), the batch is ``batch_size / world_size`` per process, the training loss is
+    all-reduced and rank 0's logs and decisions are broadcast.
+    """
+
+    def __init__(self, n: int, config: LoopConfig, world: distributed.World | None) -> None:
+        self.n, self.config, self.world = n, config, world
+        self.batch_size = config.batch_size
+        self.size = n
+        self.sampler: Any = None
+        if world is not None:
+            from torch.utils.data import DistributedSampler
+
+            self.batch_size = distributed.check_batch_size(config.batch_size, world.world_size)
+            self.sampler = DistributedSampler(
+                cast(Any, range(n)),
+                num_replicas=world.world_size,
+                rank=world.rank,
+                shuffle=config.shuffle,
+                seed=config.seed,
+            )
+            self.size = len(self.sampler)
+
+    def order(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        """This epoch's sample indices for this process."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            return torch.tensor(list(self.sampler), dtype=torch.long)
+        if self.config.shuffle:
+            return torch.randperm(self.n, generator=generator)
+        return torch.arange(self.n)
+
+    def talking(self) -> contextlib.AbstractContextManager[None]:
+        """Around the steps: a dead peer or the launcher's stop becomes ``PeerError``."""
+        return distributed.collectives() if self.world is not None else contextlib.nullcontext()
+
+    def check_stop(self) -> None:
+        """Between steps: stop when the launcher asked (rank 0 handles its SIGTERM so)."""
+        if self.world is not None:
+            distributed.check_stop()
+
+    def mean_loss(self, loss_sum: torch.Tensor, count: int) -> tuple[int, float]:
+        """(samples seen, mean training loss) over every process's samples this epoch."""
+        if self.world is None:
+            return count, float(loss_sum) / count
+        total = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
+        dist.all_reduce(total)
+        return int(total[1]), float(total[0] / total[1])
+
+    def from_rank_zero(self, logs: dict[str, float]) -> dict[str, float]:
+        """Rank 0's ``logs`` on every process (itself alone: unchanged)."""
+        if self.world is None:
+            return logs
+        box: list[Any] = [logs]
+        with distributed.collectives():
+            dist.broadcast_object_list(box, src=0)
+        return dict(box[0])
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -133,16 +200,32 @@ def fit(
 
     Shuffling uses a generator seeded from ``config.seed``; with the global torch seed set by
     the caller, the same inputs give identical weights and metrics on CPU.
+
+    In a process group (``training.distributed``) it trains data-parallel: DDP over this
+    process's shard, validation on rank 0 only, rank 0's logs and stop decision on every rank,
+    the same seed and world size giving the same result. The model ends on the CPU either way.
     """
     n = int(x.shape[0])
     if n == 0:
         raise SpecError("no training samples; the data split left the training set empty")
+    world = distributed.current()
+    shard = _Shard(n, config, world)
+    device = world.device if world is not None else torch.device("cpu")
+    model.to(device)
+    net: nn.Module = model
+    if world is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        with distributed.collectives():  # DDP broadcasts rank 0's weights to every process
+            net = DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None
+            )
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    schedule = _Schedule(optimizer, config, steps=-(-n // config.batch_size))
+    schedule = _Schedule(optimizer, config, steps=-(-shard.size // shard.batch_size))
     reset_state = getattr(model, "reset_state", None)  # stateful modules start each epoch fresh
     params = [p for p in model.parameters() if p.requires_grad]
-    info = {
+    info: dict[str, Any] = {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "n_train": n,
@@ -150,7 +233,11 @@ def fit(
         "model": type(model).__name__,
         "optimizer": config.optimizer,
         "lr": config.lr,
+        "world_size": world.world_size if world is not None else 1,
+        "device": str(device),
     }
+    if world is not None:
+        info.update(backend=world.backend, batch_size_per_process=shard.batch_size)
     for cb in callbacks:
         cb.on_train_start(dict(info))
 
@@ -166,35 +253,42 @@ def fit(
         model.train()
         if callable(reset_state):
             reset_state()
-        order = torch.randperm(n, generator=generator) if config.shuffle else torch.arange(n)
+        order = shard.order(epoch, generator)
         losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            xb, yb = x[idx], y[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-        samples += n
-        sizes = torch.full((len(losses),), float(config.batch_size))
-        sizes[-1] = n - config.batch_size * (len(losses) - 1)
-        train_loss = float(torch.dot(torch.stack(losses).float(), sizes)) / n
+        with shard.talking():
+            for i in range(0, len(order), shard.batch_size):
+                shard.check_stop()
+                idx = order[i : i + shard.batch_size]
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net(xb), yb)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.detach())
+            sizes = torch.full((len(losses),), float(shard.batch_size), device=device)
+            sizes[-1] = len(order) - shard.batch_size * (len(losses) - 1)
+            seen, train_loss = shard.mean_loss(
+                torch.dot(torch.stack(losses).float(), sizes), len(order)
+            )
+        samples += seen
         model.eval()
         if callable(reset_state):
             reset_state()
-        with torch.no_grad():
-            val = validate(model)
-        logs: dict[str, float] = {
-            "epoch": float(epoch),
-            "train_loss": train_loss,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-        }
-        logs.update({k: float(v) for k, v in val.items()})
-        logs["seconds"] = time.perf_counter() - epoch_start
+        logs: dict[str, float] = {}
+        if world is None or world.rank == 0:  # rank 0's model is the one exported
+            with torch.no_grad():
+                val = validate(model)
+            logs = {
+                "epoch": float(epoch),
+                "train_loss": train_loss,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+            }
+            logs.update({k: float(v) for k, v in val.items()})
+            logs["seconds"] = time.perf_counter() - epoch_start
+        logs = shard.from_rank_zero(logs)
         history.append(logs)
         improved = is_improvement(
             logs, best_logs, config.monitor, config.higher_is_better, tie_breaker=config.tie_breaker
@@ -205,7 +299,9 @@ def fit(
         schedule.epoch_end(improved)
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(logs))
-        if any(cb.stop_training for cb in callbacks):
+        # Rank 0's callbacks decide for everyone (its logs are everyone's, but only it may hold
+        # callbacks such as MLflow logging that could stop a run).
+        if shard.from_rank_zero({"stop": float(any(cb.stop_training for cb in callbacks))})["stop"]:
             stopped_early = epoch < config.epochs
             break
     train_seconds = time.perf_counter() - start
@@ -213,6 +309,7 @@ def fit(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history)
+    model.to("cpu")  # scoring and export run on the CPU
     model.eval()
     final = best_logs if best_logs is not None else (history[-1] if history else {})
     end_logs: dict[str, Any] = {

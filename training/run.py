@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import distributed
 from training.baselines import run_baselines
 from training.callbacks import Callback, EarlyStopping
 from training.data import DataSplit, load_dataset
-from training.loop import LoopConfig, fit
+from training.loop import FitResult, LoopConfig, fit
 from training.metrics import evaluate, primary_metric
+from training.plans import Plan
 from training.plans import plan as make_plan
 from training.spec import TrainSpec
 
-__all__ = ["TrainResult", "monitored_metric", "predict", "train"]
+__all__ = ["Fitted", "TrainResult", "fit_spec", "monitored_metric", "predict", "train"]
 
 PREDICT_BATCH = 1024
 
@@ -72,25 +74,42 @@ class TrainResult:
         return self.test_value < self.baseline_value
 
 
-def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Train one model as ``spec`` says and score it and its baseline on the test split.
+@dataclass
+class Fitted:
+    """A spec trained but not yet scored: what :func:`train` scores and other ranks stop at."""
 
-    Raises ``SpecError`` / ``DataError`` before any training when the spec or data cannot
-    work. The same spec and seed give identical metrics on the same CPU and thread count.
+    spec: TrainSpec
+    data: DataSplit
+    plan: Plan
+    fitted: FitResult
+
+
+def fit_spec(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> Fitted:
+    """Load the data, build the plan and run the loop: everything in :func:`train` before scoring.
+
+    In a process group (``training.distributed``) every rank calls this: rank 0 loads the data
+    first (a first download lands once in the cache), all ranks build the same initial weights
+    from the spec's seed, then reseed with ``seed + rank`` so dropout and augmentation differ
+    between shards, reproducibly for a given world size.
     """
     spec.validate()
     spec = spec.resolved()
     assert spec.epochs is not None and spec.batch_size is not None and spec.lr is not None
     assert spec.weight_decay is not None and spec.schedule is not None
-    data = load_dataset(spec)
+    world = distributed.current()
+    with distributed.rank_zero_first(world):
+        data = load_dataset(spec)
     torch.manual_seed(spec.seed)
     plan = make_plan(spec, data)
-    metric, higher_is_better = primary_metric(data.task)
+    if world is not None:
+        torch.manual_seed(spec.seed + world.rank)
     monitor, mon_higher = monitored_metric(data.task)
     x_val = torch.from_numpy(data.x_val)
 
     def validate(_: nn.Module) -> dict[str, float]:
-        logits = _batched(plan.predictor.net, x_val)
+        net = plan.predictor.net
+        device = next(net.parameters()).device  # where the loop trains it (a GPU under NCCL)
+        logits = _batched(net, x_val.to(device)).cpu()
         y_val = torch.from_numpy(data.y_val)
         out: dict[str, float] = {"val_loss": float(plan.val_loss_fn(logits, y_val))}
         scores = evaluate(data.task, data.y_val, plan.predictor.head(logits).numpy())
@@ -120,6 +139,18 @@ def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
         config=config,
         callbacks=[stopper, *callbacks],
     )
+    return Fitted(spec, data, plan, fitted)
+
+
+def train(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train one model as ``spec`` says and score it and its baseline on the test split.
+
+    Raises ``SpecError`` / ``DataError`` before any training when the spec or data cannot
+    work. The same spec and seed give identical metrics on the same CPU and thread count.
+    """
+    done = fit_spec(spec, callbacks)
+    spec, data, plan, fitted = done.spec, done.data, done.plan, done.fitted
+    metric, higher_is_better = primary_metric(data.task)
     model = plan.predictor.eval()
     test_output = predict(model, data.x_test)
     test_metrics = evaluate(data.task, data.y_test, test_output)
