@@ -161,14 +161,28 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
             client.get_registered_model(name)  # created concurrently
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The id in ``models:/<model_id>``, MLflow 3's URI of a logged model; None otherwise."""
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and rest.startswith("m-") and "/" not in rest else None
+
+
 def create_version(
     client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str]
 ) -> ModelVersion:
     """Register a version and wait until it is READY; it carries ``neuroserve.state=registering``
-    until the flow has finished gating it, so a half-finished version is visible as such."""
+    until the flow has finished gating it, so a half-finished version is visible as such.
+
+    A logged model's id goes with its ``models:/`` source: an MLflow server refuses the source
+    without it (INVALID_PARAMETER_VALUE), where the SQLite store did not ask.
+    """
     ensure_registered_model(client, name)
     mv = client.create_model_version(
-        name, source=model_uri, run_id=run_id, tags={**tags, STATE_TAG: "registering"}
+        name,
+        source=model_uri,
+        run_id=run_id,
+        tags={**tags, STATE_TAG: "registering"},
+        model_id=logged_model_id(model_uri),
     )
     deadline = time.monotonic() + 300
     pause = 0.02  # a local store is READY at once; a remote one may take a while

@@ -93,16 +93,30 @@ def use(uri: str) -> MlflowClient:
     return client_for(uri)
 
 
+def is_server(uri: str) -> bool:
+    """True for a tracking server (HTTP), which decides where artifacts go."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment for registered model ``name``, created with an explicit artifact location."""
+    """The experiment for registered model ``name``.
+
+    On a local store it is created with an explicit artifact location under
+    ``$NEUROSERVE_HOME/mlartifacts``; on a tracking server with the server's own (its
+    ``--artifacts-destination`` behind ``--serve-artifacts``, e.g. the compose stack's bucket): a
+    path on the training machine there would leave the files where neither the server nor a
+    serving machine can read them.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return str(exp.experiment_id)
-    location = settings.artifact_root() / name
-    location.mkdir(parents=True, exist_ok=True)
     try:
+        if is_server(str(client.tracking_uri)):
+            return str(client.create_experiment(name))
+        location = settings.artifact_root() / name
+        location.mkdir(parents=True, exist_ok=True)
         return str(client.create_experiment(name, artifact_location=location.resolve().as_uri()))
     except mlflow.exceptions.MlflowException:
         # Created concurrently by another run: use that one.
