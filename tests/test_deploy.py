@@ -84,8 +84,11 @@ def test_depends_on_uses_conditions(compose: dict[str, Any]) -> None:
 
 
 def _code_reads(var: str) -> bool:
-    """True when some module of ours names the variable literally (outside tests)."""
+    """True when some module of ours, or prefect.yaml, names the variable literally (outside
+    tests)."""
     pattern = re.compile(re.escape(var))
+    if pattern.search((ROOT / "prefect.yaml").read_text(encoding="utf-8")):
+        return True
     for package in ("serving", "pipelines", "training"):
         for path in (ROOT / package).rglob("*.py"):
             if pattern.search(path.read_text(encoding="utf-8")):
