@@ -221,7 +221,7 @@ def collectives() -> Iterator[None]:
     except RuntimeError as exc:
         if not _is_transport_error(exc):
             raise
-        _STOP["stopping"] = True
+        _stopping()
         raise PeerError(f"another training process stopped: {_first_line(exc)}") from exc
     finally:
         _STOP["in_collectives"] = False
@@ -237,7 +237,7 @@ def _is_transport_error(exc: RuntimeError) -> bool:
 def check_stop() -> None:
     """Raise :class:`PeerError` when the launcher asked this process to stop (between steps)."""
     if _STOP["requested"]:
-        _STOP["stopping"] = True
+        _stopping()
         raise PeerError("the launcher stopped training: another training process failed")
 
 
@@ -262,6 +262,16 @@ def rank_zero_first(world: World | None) -> Iterator[None]:
 _STOP: dict[str, bool] = {"requested": False, "stopping": False, "in_collectives": False}
 
 
+def _stopping() -> None:
+    """A peer failed and this process is on its way out: from now on the launcher's SIGTERM
+    (which follows within its monitor interval) must not interrupt the clean-up that marks the
+    MLflow run FAILED; Prefect's own SIGTERM bridge would raise in the middle of it. The launcher
+    still sends SIGKILL after its shutdown timeout."""
+    _STOP["stopping"] = True
+    with contextlib.suppress(ValueError):  # signals can only be set from the main thread
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """Inside the training loop, ask it to stop at the next step (a collective in flight raises
     on its own); outside, raise now. Once a stop is under way, later signals wait for it."""
@@ -269,7 +279,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     _STOP["requested"] = True
     if not _STOP["in_collectives"]:
-        _STOP["stopping"] = True
+        _stopping()
         raise PeerError("the launcher stopped training: another training process failed")
 
 
@@ -336,9 +346,8 @@ def launch(nproc: int, command: Sequence[str]) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpu_cores() // nproc)))
-    quiet = logging.getLogger("torch.distributed")  # the launcher reports failures itself
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below
     with tempfile.TemporaryDirectory(prefix="neuroserve-torchrun-") as logs:
         config = LaunchConfig(
             min_nodes=1,

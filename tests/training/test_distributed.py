@@ -10,9 +10,11 @@ decision and logs on every rank) are checked on a two-process gloo group directl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +26,8 @@ import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
-from typer.testing import CliRunner
 
-from pipelines.cli import app
-from training import Callback, TrainSpec, distributed, train
+from training import Callback, TrainSpec, distributed
 from training.loop import LoopConfig, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +130,8 @@ def test_two_processes_reach_single_process_quality_with_one_run_onnx_and_versio
     versions = _client(home).search_model_versions(f"name='{name}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
 
+    from training import train  # here: the spawned ranks below import this module too
+
     single = train(TrainSpec(**SPEC))
     ddp_accuracy = run.data.metrics["test_accuracy"]
     single_accuracy = single.test_metrics["accuracy"]
@@ -162,9 +164,10 @@ def test_a_killed_worker_is_one_red_line_and_the_run_fails_with_nothing_register
         text=True,
     )
     try:
-        victim = _wait_for_rank_one_training(proc, home, name)
+        victim = _wait_for_rank_one_training(proc, home)
         victim.send_signal(signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=120)
+        print(stderr[-4000:])
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -179,18 +182,22 @@ def test_a_killed_worker_is_one_red_line_and_the_run_fails_with_nothing_register
     assert _client(home).search_model_versions(f"name='{name}'") == []
 
 
-def _wait_for_rank_one_training(proc: subprocess.Popen[str], home: Path, name: str) -> Any:
-    """Rank 1's process, once rank 0's run has logged a first epoch (both are training)."""
+def _wait_for_rank_one_training(proc: subprocess.Popen[str], home: Path) -> Any:
+    """Rank 1's process, once rank 0's run has logged a first epoch (both are training).
+
+    The store is read with sqlite3, read-only: an MLflow client here would migrate the new
+    store while the command does.
+    """
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         try:
-            runs = _runs(home, name) if (home / "mlflow.db").exists() else []
-            trained = bool(runs) and bool(
-                _client(home).get_metric_history(runs[0].info.run_id, "train_loss")
-            )
-        except Exception:  # the command may still be creating the store
-            trained = False
+            with contextlib.closing(
+                sqlite3.connect(f"file:{home / 'mlflow.db'}?mode=ro", uri=True)
+            ) as db:
+                trained = db.execute("SELECT 1 FROM metrics WHERE key = 'train_loss'").fetchone()
+        except sqlite3.Error:  # no store, or no tables yet
+            trained = None
         if trained:
             for child in psutil.Process(proc.pid).children(recursive=True):
                 try:
@@ -216,6 +223,10 @@ def test_bad_nproc_is_one_red_line_before_anything_starts(
 ) -> None:
     if extra[1] == "2" and len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPU cores to get past the --nproc check")
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
     monkeypatch.setenv("NEUROSERVE_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(app, ["train", "cnn", "--data", "digits", *extra])
     assert result.exit_code == 2, result.output
