@@ -198,12 +198,18 @@ class InferenceServer:
         )
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
-        if credentials is None:
-            self.port = self.grpc_server.add_insecure_port(address)
-        else:
-            self.port = self.grpc_server.add_secure_port(address, credentials)
+        try:  # grpcio reports a taken port by returning 0 or, in newer releases, raising
+            if credentials is None:
+                self.port = self.grpc_server.add_insecure_port(address)
+            else:
+                self.port = self.grpc_server.add_secure_port(address, credentials)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind gRPC port {address}")
+            raise OSError(
+                f"could not bind gRPC port {address}: it is in use or not an address of this "
+                "host; choose another with --grpc-port (0 picks a free one)"
+            )
         # REST binds now too (a taken port fails here, like gRPC's), and serves from start().
         # Imported only when on, so a gRPC-only server does not need uvicorn.
         self.rest: RestServer | None = None

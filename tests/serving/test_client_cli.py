@@ -236,3 +236,22 @@ def test_predict_sends_a_file_larger_than_max_batch_size_in_several_requests(
     assert predict_main(["classifier", "--input", str(npy), "--url", server.address]) == 0
     probs = _reference(model_repo, "classifier", {"input": x})
     _assert_top_k(capsys.readouterr().out, probs, onnx_models.CLASS_LABELS, k=3)
+
+
+def test_serve_on_a_taken_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(tmp_path),
+             "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", "0"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"could not bind gRPC port 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
