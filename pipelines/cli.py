@@ -334,13 +334,19 @@ def run_flow(flow: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     The tracking store is opened first: while a just-started local Prefect server boots, MLflow
     creates and migrates a new store (seconds of the first command in a fresh home) instead of
     that work waiting for the server, and an unreachable store is one red line before any flow
-    run exists.
+    run exists. A failure of the server's artifact store is one red line too.
     """
     from pipelines import settings, tracking
 
     tracking.connect()
-    with settings.flow_settings():
-        return flow(*args, **kwargs)
+    try:
+        with settings.flow_settings():
+            return flow(*args, **kwargs)
+    except Exception as exc:
+        clear = tracking.artifact_store_error(exc, settings.tracking_uri())
+        if clear is None:
+            raise
+        raise clear from exc
 
 
 def register_command(fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:

@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import training
 from pipelines import settings
-from pipelines.errors import TrackingUnavailableError
+from pipelines.errors import PipelineError, TrackingUnavailableError
 
 TAG_PREFIX = "neuroserve."
 SPEC_TAG = "neuroserve.spec"
@@ -51,6 +51,28 @@ def _probe(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         return
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+#: The REST path of a tracking server's artifact proxy (``mlflow server --serve-artifacts``).
+ARTIFACT_PROXY_PATH = "/api/2.0/mlflow-artifacts/"
+
+
+def artifact_store_error(exc: BaseException, uri: str) -> PipelineError | None:
+    """A one-line error when ``exc`` is a failed request to the server's artifact proxy.
+
+    The server answers such a request by dropping the connection when its own artifact store
+    (the bucket behind ``--artifacts-destination``) cannot be reached, so the client only sees a
+    reset connection on the proxy's path; the server's log has the store's error.
+    """
+    text = str(exc)
+    if not isinstance(exc, mlflow.exceptions.MlflowException) or ARTIFACT_PROXY_PATH not in text:
+        return None
+    return PipelineError(
+        f"the MLflow server at {uri} could not store the run's files: its artifact proxy failed "
+        f"({text.splitlines()[0][:300]}). Its artifact store (the bucket of "
+        "--artifacts-destination) is likely unreachable; the server's log names the error. "
+        "The run is marked FAILED and no alias moved."
+    )
 
 
 def client_for(uri: str) -> MlflowClient:

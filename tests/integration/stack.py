@@ -338,6 +338,17 @@ class Process:
         return self.log_text()[-chars:]
 
 
+def stop_all(processes: list[Process], timeout: float = 20.0) -> None:
+    """Stop every process at once (SIGTERM to all first), so teardown waits for the slowest
+    graceful shutdown rather than the sum of them."""
+    for process in processes:
+        if process.alive() and process.popen is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGTERM)
+    for process in processes:
+        process.stop(timeout)
+
+
 def http_ok(url: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

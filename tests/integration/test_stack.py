@@ -37,6 +37,7 @@ from tests.integration.stack import (
     http_ok,
     post_json,
     postgres_bin,
+    stop_all,
     wait_until,
 )
 
@@ -240,8 +241,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack_.wait_healthy("prefect-server", stack_.prefect, 240)
         yield stack_
     finally:
-        for process in reversed(stack_.processes if stack_ else processes):
-            process.stop()
+        stop_all(stack_.processes if stack_ else processes)
         pg.cleanup()
 
 
@@ -600,6 +600,7 @@ def test_bucket_unreachable_during_train_fails_clearly_and_moves_no_alias(
     assert result.returncode != 0, result.stdout[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error:"), result.stderr[-3000:]
+    assert "artifact store" in lines[-1] and stack.mlflow_url in lines[-1], lines[-1]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert _champion(stack) == champion
     assert {mv.version for mv in client.search_model_versions(f"name='{MODEL}'")} == versions
