@@ -872,8 +872,11 @@ def models() -> None:
 
     rows = listing.summarize(settings.tracking_uri())
     table = Table(title="registered models")
-    for col in ("model", "champion", "metric", "value", "latest", "aliases", "monitored"):
-        table.add_column(col)
+    widest = max((len(r.name) for r in rows), default=5)
+    # Names whole (a cut name cannot be typed back); the other cells wrap on a narrow terminal.
+    table.add_column("model", no_wrap=True, min_width=min(widest, 40))
+    for col in ("champion", "metric", "value", "latest", "aliases", "monitored"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
             r.name,

@@ -63,7 +63,9 @@ def _cli_args(name: str, **extra: Any) -> list[str]:
 def _env(home: Path, prefect_home: Path) -> dict[str, str]:
     """The command's environment: its own MLflow home, the module's local Prefect server."""
     env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")
     }
     # The shared local server (the default), not Prefect's per-process one: the launcher stops
     # a failed job by signalling each process's whole group, which would take an embedded
@@ -88,7 +90,9 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _client(home: Path) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    # Registry URI explicit: other tests may have set MLflow's process-wide one.
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _runs(home: Path, name: str) -> list[Any]:
