@@ -370,11 +370,17 @@ def launch(nproc: int, command: Sequence[str]) -> None:
 
 
 def _root_cause(exc: Any, nproc: int) -> LaunchError:
-    """The failure that caused the others: not a process that stopped because a peer did, then
-    the earliest, then the lowest rank."""
+    """The failure that caused the others: not a process that stopped because a peer did, nor
+    one the launcher itself terminated (SIGTERM) once another had failed; then the earliest
+    (timestamps are whole seconds, so they often tie), then the lowest rank."""
     failures = sorted(
         exc.failures.items(),
-        key=lambda item: (item[1].exitcode == PEER_EXIT, item[1].timestamp, item[0]),
+        key=lambda item: (
+            item[1].exitcode == PEER_EXIT,
+            item[1].exitcode == -signal.SIGTERM,
+            item[1].timestamp,
+            item[0],
+        ),
     )
     rank, failure = failures[0]
     message = failure.message
