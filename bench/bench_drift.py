@@ -13,7 +13,7 @@ family (a few epochs: the check is about the data, not the model's quality), exp
 and builds its reference profile exactly as the train flow does
 (``pipelines.monitor.reference_profile``). Then, per condition, it builds ``--rows`` "current"
 rows exactly as the server captures them (ONNX Runtime runs the model on the inputs,
-``serving.capture.capture_rows(layout, inputs, outputs, source="serving")``) and asks
+``CaptureLayout.rows(inputs, outputs, source="serving")``) and asks
 ``pipelines.drift.compare`` for the verdict at its defaults. Each seed trains its own model on
 its own split, so a seed varies the split, the model, the reference and the current rows.
 
@@ -220,12 +220,10 @@ class Model:
 
     def capture(self, x: np.ndarray) -> pa.Table:
         """Rows as the server captures them for a batch ``x``: the model's own answers."""
-        from serving.capture import capture_rows
-
         (inp,), out = self.layout.inputs, self.layout.outputs[0]
         x = x.astype(inp.dtype)
         y = self.session.run([out.name], {inp.name: x})[0]
-        return capture_rows(self.layout, {inp.name: x}, {out.name: y}, source="serving")
+        return self.layout.rows({inp.name: x}, {out.name: y}, source="serving")
 
 
 def build(data: str, seed: int, workdir: Path) -> Model:

@@ -52,7 +52,7 @@ def reference_profile(
     import onnxruntime as ort
     import pyarrow as pa
 
-    from serving.capture import CaptureLayout, capture_rows
+    from serving.capture import CaptureLayout
 
     layout = CaptureLayout.from_onnx(onnx_path, name, version)
     (inp,), out = layout.inputs, layout.outputs[0]
@@ -77,12 +77,8 @@ def reference_profile(
     in_time = result.data.input_kind in CHRONOLOGICAL
     return pa.concat_tables(
         [
-            capture_rows(
-                layout, {inp.name: x_train}, answers(x_train) if in_time else {}, source="train"
-            ),
-            capture_rows(
-                layout, {inp.name: x_test}, {} if in_time else answers(x_test), source="test"
-            ),
+            layout.rows({inp.name: x_train}, answers(x_train) if in_time else {}, source="train"),
+            layout.rows({inp.name: x_test}, {} if in_time else answers(x_test), source="test"),
         ]
     )
 

@@ -81,7 +81,7 @@ And, for models whose task says what they predict, the prediction distribution:
 * ``regression``, ``forecast`` (or any one-value output): ``prediction`` (float64).
 
 API: :class:`CaptureLayout` (``of``, ``from_signature``, ``from_onnx``) decides the columns of a
-model version; :func:`capture_rows` turns input and output arrays into rows of that layout (the
+model version, and its ``rows`` turns input and output arrays into rows of that layout (the
 training side writes its reference profile with it, in exactly this layout);
 :func:`write_captures` stores such rows as one complete file in the tree above;
 :func:`read_captures` reads a model's rows back; :func:`captured_models` lists what a location
@@ -411,8 +411,12 @@ class CaptureLayout:
         request_id: str | None = None,
         trace_id: str | None = None,
     ) -> pa.Table:
-        """Rows of this layout for one batch of ``inputs`` and ``outputs`` (see
-        :func:`capture_rows`)."""
+        """Rows of this layout for one batch: ``inputs`` and ``outputs`` map tensor names to
+        arrays with the batch on axis 0 (as the model takes and gives them); a tensor left out
+        gets nulls, so a reference profile may hold inputs without outputs or the reverse.
+        ``source`` labels the rows (``serving`` for the server's; e.g. ``train``/``test`` for a
+        reference profile); ``timestamp`` defaults to now. The table carries the layout in its
+        schema metadata."""
         n = self._items(inputs, outputs)
         when = timestamp or datetime.now(UTC)
         if when.tzinfo is None:
@@ -706,33 +710,6 @@ class _Meta(NamedTuple):
     counts: np.ndarray  # items per request
 
 
-def capture_rows(
-    layout: CaptureLayout,
-    inputs: Mapping[str, np.ndarray],
-    outputs: Mapping[str, np.ndarray],
-    *,
-    source: str = SERVING,
-    timestamp: datetime | None = None,
-    latency_ms: float | None = None,
-    request_id: str | None = None,
-    trace_id: str | None = None,
-) -> pa.Table:
-    """Rows of ``layout`` for one batch: ``inputs`` and ``outputs`` map tensor names to arrays
-    with the batch on axis 0 (as the model takes and gives them); a tensor left out gets nulls,
-    so a reference profile may hold inputs without outputs or the reverse. ``source`` labels
-    the rows (``serving`` for the server's; e.g. ``train``/``test`` for a reference profile);
-    ``timestamp`` defaults to now. The table carries the layout in its schema metadata."""
-    return layout.rows(
-        inputs,
-        outputs,
-        source=source,
-        timestamp=timestamp,
-        latency_ms=latency_ms,
-        request_id=request_id,
-        trace_id=trace_id,
-    )
-
-
 # =============================================================================== locations
 class _Location:
     """A capture location through ``pyarrow.fs``: a local directory or an S3 prefix."""
@@ -902,7 +879,7 @@ def _time_range(table: pa.Table) -> tuple[int, int]:
 
 
 def write_captures(table: pa.Table, location: str | os.PathLike[str]) -> str:
-    """Store rows of one model version (from :func:`capture_rows`) as one complete file in
+    """Store rows of one model version (from :meth:`CaptureLayout.rows`) as one complete file in
     the capture tree at ``location`` (a directory or ``s3://bucket/prefix``); returns its path.
 
     The training side writes its reference profile this way, so :func:`read_captures` reads it

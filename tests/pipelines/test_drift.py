@@ -19,7 +19,7 @@ import pytest
 
 from bench import bench_drift
 from pipelines import drift
-from serving.capture import CaptureLayout, capture_rows
+from serving.capture import CaptureLayout
 
 FEATURES = ("f0", "f1", "f2", "f3")
 LABELS = ("a", "b", "c")
@@ -58,7 +58,7 @@ def answer(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
 
 def table_rows(x: np.ndarray, source: str, with_answers: bool = True, **kw: np.ndarray) -> pa.Table:
     outputs = {"output": answer(x, **kw)} if with_answers else {}
-    return capture_rows(TABLE, {"input": x.astype(np.float32)}, outputs, source=source)
+    return TABLE.rows({"input": x.astype(np.float32)}, outputs, source=source)
 
 
 def features(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -217,7 +217,7 @@ def text_rows(p: np.ndarray, rng: np.random.Generator, n: int, source: str) -> p
     x = rng.choice(len(VOCABULARY), size=(n, WINDOW), p=p).astype(np.int64)
     y = np.full((n, len(VOCABULARY)), 0.1 / len(VOCABULARY), np.float32)
     y[np.arange(n), x[:, -1]] = 0.9
-    return capture_rows(TEXT, {"input": x}, {"output": y}, source=source)
+    return TEXT.rows({"input": x}, {"output": y}, source=source)
 
 
 def text_reference() -> pa.Table:

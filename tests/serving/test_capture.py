@@ -500,9 +500,7 @@ def _rows(model: str, version: str, when: datetime, n: int, source: str = "train
         {"task": "regression", "input_kind": "table", "feature_names": '["a", "b"]'},
     )
     x = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
-    return cap.capture_rows(
-        layout, {"input": x}, {"output": x[:, :1]}, source=source, timestamp=when
-    )
+    return layout.rows({"input": x}, {"output": x[:, :1]}, source=source, timestamp=when)
 
 
 def test_read_captures_filters_by_version_and_time_and_skips_bad_files(
@@ -546,7 +544,7 @@ def test_read_captures_of_nothing(tmp_path: Path) -> None:
         cap.read_captures(tmp_path / "missing", "m")
 
 
-def test_capture_rows_series_and_text_statistics() -> None:
+def test_layout_rows_series_and_text_statistics() -> None:
     """The series columns hold the window and its value and change statistics; text columns
     the ids, their count without padding and the unknown share."""
     series = cap.CaptureLayout.of(
@@ -554,7 +552,7 @@ def test_capture_rows_series_and_text_statistics() -> None:
         [TensorSpec("output", "FP32", (-1, 1))], {"task": "forecast", "input_kind": "series"},
     )  # fmt: skip
     x = np.array([[[1.0], [2.0], [4.0], [7.0]]], np.float32)
-    row = cap.capture_rows(series, {"input": x}, {}).to_pylist()[0]
+    row = series.rows({"input": x}, {}).to_pylist()[0]
     assert row["input"] == [1.0, 2.0, 4.0, 7.0]
     assert row["input.last"] == 7.0 and row["input.mean"] == 3.5
     assert row["input.change_mean"] == 2.0
@@ -566,7 +564,7 @@ def test_capture_rows_series_and_text_statistics() -> None:
         {p.key: p.value for p in onnx_models.next_token().metadata_props},
     )  # fmt: skip
     ids = np.array([[0, 0, 1, 3], [2, 3, 4, 5]], np.int64)
-    rows = cap.capture_rows(text, {"input": ids}, {}, source="train").to_pylist()
+    rows = text.rows({"input": ids}, {}, source="train").to_pylist()
     assert [r["input.length"] for r in rows] == [2, 4]
     assert [r["input.unk_rate"] for r in rows] == [0.5, 0.0]
     assert rows[0]["source"] == "train"
