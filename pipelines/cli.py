@@ -751,10 +751,9 @@ def monitor(
 ) -> None:
     """Compare what a served version captured with its training-time reference; on drift,
     retrain (through the gate). Prints one line; the report is on an MLflow run."""
-    from pipelines.errors import PipelineError
+    from pipelines import drift
 
-    if not 0 < drift_share <= 1:
-        raise PipelineError(f"--drift-share must be in (0, 1], got {drift_share}")
+    drift.check_share(drift_share)  # before a flow starts: a bad share is one quick line
     bootstrap()
     from pipelines import monitor as monitor_mod
 

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.errors import PipelineError
 from pipelines.settings import DEFAULT_DRIFT_SHARE
 
 #: A column drifts at this distance (normed Wasserstein or Jensen-Shannon), Evidently's default...
@@ -259,6 +260,12 @@ def _largest(shares: dict[str, float], n: int = 10) -> dict[str, float]:
     return dict(sorted(shares.items(), key=lambda kv: -kv[1])[:n])
 
 
+def check_share(drift_share: float) -> None:
+    """The one rule for ``--drift-share``: a share of input columns, above 0 and at most 1."""
+    if not 0 < drift_share <= 1:
+        raise PipelineError(f"--drift-share must be in (0, 1], got {drift_share}")
+
+
 def compare(
     reference: pa.Table,
     current: pa.Table,
@@ -266,8 +273,7 @@ def compare(
     min_rows: int = MIN_ROWS,
 ) -> DriftReport:
     """Compare current rows with the reference profile, column by column, and decide."""
-    if not 0 < drift_share <= 1:
-        raise ValueError(f"drift share must be in (0, 1], got {drift_share}")
+    check_share(drift_share)
     n_current = current.num_rows
     learned = _training_rows(reference)
     if n_current < min_rows:

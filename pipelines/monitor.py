@@ -233,8 +233,7 @@ def monitor_flow(
     from pipelines.flows import open_tracking, retrain_flow
 
     logger = get_run_logger()
-    if not 0 < drift_share <= 1:
-        raise PipelineError(f"--drift-share must be in (0, 1], got {drift_share}")
+    drift.check_share(drift_share)
     window = timedelta(hours=since_hours)
     uri = open_tracking()
     ref = registry.parse_ref(model)

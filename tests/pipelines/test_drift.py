@@ -19,6 +19,7 @@ import pytest
 
 from bench import bench_drift
 from pipelines import drift
+from pipelines.errors import PipelineError
 from serving.capture import CaptureLayout
 
 FEATURES = ("f0", "f1", "f2", "f3")
@@ -167,7 +168,7 @@ def test_inputs_are_compared_with_the_training_rows() -> None:
 
 
 def test_bad_drift_share() -> None:
-    with pytest.raises(ValueError, match="drift share must be in"):
+    with pytest.raises(PipelineError, match="--drift-share must be in"):
         drift.compare(table_reference(), table_reference(), drift_share=0)
 
 
