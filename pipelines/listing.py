@@ -89,7 +89,7 @@ def _from_sqlite(path: Path) -> list[ModelSummary]:
             ).fetchone()
             if other:
                 raise SchemaMismatchError(f"{table} has rows outside the default workspace")
-        return _rows(conn)
+        return _rows(conn, nan_flag="is_nan" in tables["latest_metrics"])
     except sqlite3.DatabaseError as exc:  # not an MLflow store, or locked past the timeout
         raise SchemaMismatchError(str(exc)) from exc
     finally:
@@ -100,7 +100,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def _rows(conn: sqlite3.Connection) -> list[ModelSummary]:
+def _rows(conn: sqlite3.Connection, nan_flag: bool) -> list[ModelSummary]:
+    """One summary per registered model; ``nan_flag``: ``latest_metrics`` has ``is_nan``."""
     names = [str(r[0]) for r in conn.execute("SELECT name FROM registered_models ORDER BY name")]
     latest = dict(
         conn.execute(
@@ -133,7 +134,7 @@ def _rows(conn: sqlite3.Connection) -> list[ModelSummary]:
                 (name, int(champion)),
             ).fetchone()
             if found and found[0]:
-                metric_name, metric_value = _primary_metric(conn, str(found[0]))
+                metric_name, metric_value = _primary_metric(conn, str(found[0]), nan_flag)
         rows.append(
             ModelSummary(
                 name=name,
@@ -149,7 +150,9 @@ def _rows(conn: sqlite3.Connection) -> list[ModelSummary]:
     return rows
 
 
-def _primary_metric(conn: sqlite3.Connection, run_id: str) -> tuple[str | None, float | None]:
+def _primary_metric(
+    conn: sqlite3.Connection, run_id: str, nan_flag: bool
+) -> tuple[str | None, float | None]:
     tag = conn.execute(
         "SELECT value FROM tags WHERE run_uuid = ? AND key = ?", (run_id, PRIMARY_METRIC_TAG)
     ).fetchone()
@@ -158,7 +161,7 @@ def _primary_metric(conn: sqlite3.Connection, run_id: str) -> tuple[str | None, 
     name = str(tag[0])
     value = conn.execute(
         "SELECT value, is_nan FROM latest_metrics WHERE run_uuid = ? AND key = ?"
-        if "is_nan" in _columns(conn, "latest_metrics")
+        if nan_flag
         else "SELECT value, 0 FROM latest_metrics WHERE run_uuid = ? AND key = ?",
         (run_id, f"test_{name}"),
     ).fetchone()
