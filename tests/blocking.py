@@ -56,3 +56,21 @@ def run_blocked(
 
 #: The ``neuroserve`` console script's entry point, as source for :func:`run_blocked`.
 NEUROSERVE = "from pipelines.cli import main\nmain()"
+
+
+def run_together(code: str, n: int, timeout: float = 240) -> list[tuple[int, str, str]]:
+    """Start ``n`` interpreters running ``code`` at once (a race on first use is the point);
+    return each one's (exit code, stdout, stderr)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(n)
+    ]
+    results = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, results, strict=True)]

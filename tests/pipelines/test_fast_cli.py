@@ -8,10 +8,7 @@ so a schema change in a new MLflow fails here instead of printing wrong rows.
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from pipelines import listing
-from tests.blocking import HEAVY, NEUROSERVE, ROOT, run_blocked
+from tests.blocking import HEAVY, NEUROSERVE, run_blocked, run_together
 
 SUBCOMMANDS = ("train", "compare", "retrain", "schedule", "score", "models", "demo", "server")
 
@@ -142,17 +139,6 @@ def test_first_commands_started_together_in_a_fresh_home_share_one_new_store(
         "from pipelines import tracking; "
         f"tracking.connect('sqlite:///{db}').search_experiments(); print('ok')"
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        for _ in range(3)
-    ]
-    results = [p.communicate(timeout=240) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
-    assert all(out.strip() == "ok" for out, _ in results)
+    results = run_together(code, 3)
+    assert all(rc == 0 for rc, _, _ in results), [err[-1500:] for _, _, err in results]
+    assert all(out.strip() == "ok" for _, out, _ in results)

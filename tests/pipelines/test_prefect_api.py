@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from pipelines import prefect_api
 from pipelines.cli import app
 from pipelines.errors import PipelineError
-from tests.blocking import NEUROSERVE, ROOT, run_blocked
+from tests.blocking import NEUROSERVE, ROOT, run_blocked, run_together
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +68,9 @@ def test_commands_started_together_share_one_server_which_later_ones_reuse(
     prefect_home: Path,
 ) -> None:
     code = "from pipelines import prefect_api; print(prefect_api.ensure())"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        for _ in range(3)
-    ]
-    urls = {p.communicate(timeout=240)[0].strip() for p in procs}
-    assert len(urls) == 1 and all(p.returncode == 0 for p in procs), urls
+    results = run_together(code, 3)
+    urls = {out.strip() for _, out, _ in results}
+    assert len(urls) == 1 and all(rc == 0 for rc, _, _ in results), urls
     assert len(_servers(prefect_home)) == 1
     (url,) = urls
     first = _state(prefect_home)
