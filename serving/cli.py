@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from serving.client import ClientError, InferenceClient, Prediction
-from serving.settings import CaptureImages, Settings
+from serving.settings import CaptureImages, CudnnConvAlgoSearch, Device, Settings
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -140,9 +140,40 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="let the admin token call inference too (off)",
     )
     add(
+        "--device",
+        choices=get_args(Device),
+        help="where sessions run: cuda (the GPU or nothing: refuses to serve from the CPU), cpu "
+        "(never loads GPU libraries), auto (CUDA when it really loads, else CPU) (auto)",
+    )
+    add(
         "--providers",
         metavar="LIST",
-        help="execution providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+        help="execution providers in order within --device, e.g. "
+        "TensorrtExecutionProvider,CUDAExecutionProvider",
+    )
+    add(
+        "--cudnn-conv-algo-search",
+        dest="cudnn_conv_algo_search",
+        choices=get_args(CudnnConvAlgoSearch),
+        help="cuDNN convolution algorithm search on CUDA, run during warm-up (EXHAUSTIVE)",
+    )
+    add(
+        "--cuda-graph",
+        dest="cuda_graph",
+        action="store_true",
+        help="capture and replay each batch size as a CUDA graph (models fully on CUDA) (off)",
+    )
+    add(
+        "--tensorrt-cache-dir",
+        dest="tensorrt_cache_dir",
+        metavar="DIR",
+        help="TensorRT engine and timing cache ($NEUROSERVE_HOME/cache/tensorrt)",
+    )
+    add(
+        "--worker-gpus",
+        dest="worker_gpus",
+        metavar="LIST",
+        help="GPU indices the workers are spread over, one each, e.g. 0,1 (all see every GPU)",
     )
     add("--intra-op-threads", dest="intra_op_threads", type=int, help="ORT intra-op threads")
     add("--inter-op-threads", dest="inter_op_threads", type=int, help="ORT inter-op threads")
@@ -242,9 +273,11 @@ def serve_main(argv: list[str] | None = None) -> int:
         ]
         print("invalid server settings:\n" + "\n".join(lines), file=sys.stderr)
         return 2
+    from serving.runtime import DeviceUnavailableError
+
     try:
         return run(settings)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DeviceUnavailableError) as exc:
         print(f"neuroserve serve: {exc}", file=sys.stderr)
         return 1
 

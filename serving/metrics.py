@@ -1,7 +1,10 @@
 """Prometheus metrics on their own HTTP port (Triton's 8002 by default).
 
 Requests by model and status, latency histograms for queue, compute and total, executed batch
-sizes and loaded models; with inference capture on, captured and dropped rows. Each server owns
+sizes and loaded models; with inference capture on, captured and dropped rows. The per-batch
+series (compute latency, batch size) carry a ``provider`` label naming the execution provider
+that ran the batch (``cuda``, ``tensorrt``, ``cpu``), bound when a version loads, so rows served
+on the CPU are counted apart: ``neuroserve_batch_size_sum{provider="cpu"}``. Each server owns
 a registry (several servers in one test process must not collide); with ``--workers N`` every
 worker process writes to a shared multiprocess directory and the parent serves the aggregate
 (prometheus_client's multiprocess mode).
@@ -46,13 +49,18 @@ class ServerMetrics:
             ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
         self.compute_latency = Histogram(
-            "neuroserve_compute_latency_seconds", "Time of one session call (one batch).",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=reg,
+            "neuroserve_compute_latency_seconds",
+            "Time of one session call (one batch), by the execution provider that ran it.",
+            ["model", "provider"], buckets=_LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "neuroserve_batch_size", "Items per executed batch.",
-            ["model"], buckets=_BATCH_BUCKETS, registry=reg,
+            "neuroserve_batch_size",
+            "Items per executed batch, by the execution provider that ran it (the sum counts "
+            "rows served on each provider).",
+            ["model", "provider"], buckets=_BATCH_BUCKETS, registry=reg,
         )  # fmt: skip
+        #: The ``provider`` label of each model's loaded version (``bind_provider``).
+        self._providers: dict[str, str] = {}
         # Labelled children by label values: ``labels()`` takes a lock and builds a key on every
         # call, several times per request; the children themselves never change.
         self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
@@ -89,13 +97,24 @@ class ServerMetrics:
                 queue = self._queue_children[model] = self.queue_latency.labels(model)
             queue.observe(queue_s)
 
+    def bind_provider(self, model: str, provider: str) -> None:
+        """Label ``model``'s batches from now on with ``provider`` (called as a version loads).
+
+        The labelled children are dropped and rebuilt on the next batch, so the request path
+        keeps its one dictionary lookup and never formats a label.
+        """
+        if self._providers.get(model) != provider:
+            self._providers[model] = provider
+            self._batch_children.pop(model, None)
+
     def observe_batch(self, model: str, batch_size: int, compute_s: float) -> None:
         """Record one executed batch."""
         children = self._batch_children.get(model)
         if children is None:
+            provider = self._providers.get(model, "unknown")
             children = self._batch_children[model] = (
-                self.batch_size.labels(model),
-                self.compute_latency.labels(model),
+                self.batch_size.labels(model, provider),
+                self.compute_latency.labels(model, provider),
             )
         size, compute = children
         size.observe(batch_size)

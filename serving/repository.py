@@ -27,7 +27,13 @@ from serving.errors import (
     VersionNotFoundError,
 )
 from serving.logs import log_event
-from serving.runtime import OnnxRuntimeModel, TensorSpec
+from serving.runtime import (
+    TENSORRT,
+    DeviceUnavailableError,
+    GpuOptions,
+    OnnxRuntimeModel,
+    TensorSpec,
+)
 from serving.settings import Settings
 from serving.signature import ModelSignature
 from serving.sources import Candidate, ModelSource, validate_model_name
@@ -80,6 +86,14 @@ def _incompatible(old: list[TensorSpec], new: list[TensorSpec]) -> str:
                 f"input {name!r} {was.datatype}{list(was.shape)} -> {now.datatype}{list(now.shape)}"
             )
     return ""
+
+
+def _gpu_memory(runtime: OnnxRuntimeModel) -> str:
+    """The load line's ``gpu_memory``: MiB this process holds on the GPU, or why unknown."""
+    if runtime.device != "cuda":
+        return "-"
+    mib, how = runtime.gpu_memory
+    return f"{mib:.0f}MiB({how})" if mib is not None else how
 
 
 class ServedVersion:
@@ -159,6 +173,18 @@ class Repository:
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self.on_change: list[Callable[[], None]] = []
+        #: Called with each version as it is swapped in (the metrics bind its provider label).
+        self.on_load: list[Callable[[ServedVersion], None]] = []
+        #: Reasons versions were refused for not running on the GPU ``device="cuda"`` demands;
+        #: the server will not become ready at start-up with any (serving/server.py).
+        self.device_refusals: list[str] = []
+        self.gpu = GpuOptions(
+            cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+            cuda_graph=settings.cuda_graph,
+            tensorrt_cache_dir=(
+                settings.resolved_tensorrt_cache_dir() if TENSORRT in settings.providers else None
+            ),
+        )
         self.batching = BatchingConfig(
             enabled=settings.dynamic_batching,
             max_batch_size=settings.max_batch_size,
@@ -244,9 +270,12 @@ class Repository:
                 cand.version,
                 path,
                 providers=self.settings.providers,
+                device=self.settings.device,
+                gpu=self.gpu,
                 intra_op_threads=self.settings.resolved_intra_op_threads(),
                 inter_op_threads=self.settings.inter_op_threads,
                 warmup=self.settings.warmup,
+                max_batch_size=self.settings.max_batch_size,
                 # Computing on the event loop is a shortcut too: fast_paths off keeps it off.
                 inline_compute_us=self.settings.inline_compute_us * self.settings.fast_paths,
             )
@@ -262,6 +291,8 @@ class Repository:
                     )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            if isinstance(exc, DeviceUnavailableError):
+                self.device_refusals.append(f"{cand.name} version {cand.version}: {exc}")
             entry.failed[cand.version] = cand.fingerprint
             entry.records[cand.version] = VersionRecord(UNAVAILABLE, reason)
             serving_version = entry.current.version if entry.current else "none"
@@ -299,10 +330,16 @@ class Repository:
             model=cand.name,
             version=cand.version,
             replaced=previous.version if previous else "none",
+            device=runtime.device,
+            provider=runtime.provider,
             providers=",".join(runtime.providers),
+            gpu_memory=_gpu_memory(runtime),
+            notes=runtime.model.notes or "-",
             batching=batcher.batching,
             seconds=f"{time.perf_counter() - started:.3f}",
         )
+        for callback in self.on_load:
+            callback(served)
         if previous is not None:
             if previous.version != cand.version:
                 entry.records[previous.version] = VersionRecord(

@@ -15,28 +15,49 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import ctypes
 import functools
+import io
 import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, get_args
 
 import numpy as np
 import onnxruntime as ort
 
 from serving.datatypes import FROM_ONNX, NUMPY_OF
 from serving.logs import log_event
+from serving.settings import CudnnConvAlgoSearch, Device
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+#: Providers that run on an NVIDIA GPU, in ONNX Runtime's order of preference.
+GPU_PROVIDERS: Final = (TENSORRT, CUDA)
+#: The shared library behind each GPU provider (``libonnxruntime_providers_<name>.so``).
+_PROVIDER_LIBRARY: Final = {CUDA: "cuda", TENSORRT: "tensorrt"}
 
 #: Inline threshold (ns) when the process may use one core only (see ``OnnxRuntimeModel``).
 SINGLE_CORE_INLINE_NS = 3_000_000
+
+#: Batch shapes whose IO-binding buffers one session keeps. The server's shapes are bounded by
+#: ``max_batch_size`` already; this only stops a caller of ``OnnxModel`` that sends every batch
+#: size under the sun (pipelines/ scoring odd-sized files) from growing device memory for good.
+MAX_BOUND_SHAPES = 256
+
+#: Warm-up runs per batch size on a GPU: the first allocates and searches cuDNN's algorithms,
+#: the next ones let ONNX Runtime capture the CUDA graph (when on) before traffic arrives.
+GPU_WARMUP_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -48,48 +69,288 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
+class DeviceUnavailableError(RuntimeError):
+    """``device="cuda"`` was asked for and a GPU provider is not what the session runs on.
+
+    Raised instead of serving from the CPU; the message is one line naming the provider, what
+    failed (the dynamic loader's error when a library is missing) and the CUDA and cuDNN majors
+    this onnxruntime build expects.
+    """
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """How sessions on a GPU are configured (ignored by CPU sessions); from ``Settings``."""
+
+    device_id: int = 0
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = "EXHAUSTIVE"
+    cuda_graph: bool = False
+    tensorrt_cache_dir: Path | None = None
+
+
 @functools.cache
-def _provider_library_loads(provider: str) -> tuple[bool, str]:
-    """Can this machine load the shared library behind a GPU provider? (cached per process)
+def expected_gpu_versions() -> tuple[str, str]:
+    """The CUDA and cuDNN major versions this onnxruntime build expects (``"?"`` if unsaid).
+
+    CUDA's comes from the build information the wheel records (``onnxruntime.cuda_version``,
+    e.g. ``"13.0"``, from ``capi/build_and_package_info.py``); onnxruntime 1.31 records no cuDNN
+    version, so cuDNN's is read from the library list ``onnxruntime.preload_dlls`` loads for this
+    build (``libcudnn.so.9``), which is what its CUDA provider opens at run time.
+    """
+    cuda = str(getattr(ort, "cuda_version", "") or "")
+    cuda_major = cuda.split(".", 1)[0] if cuda else "?"
+    cudnn_major = "?"
+    dll_paths = getattr(ort, "_get_nvidia_dll_paths", None)
+    if callable(dll_paths):
+        try:
+            names = [str(parts[-1]) for parts in dll_paths(sys.platform == "win32", False, True)]
+        except Exception:  # a private helper: any change in it only loses the cuDNN figure
+            names = []
+        for name in names:
+            match = re.search(r"cudnn(?:64_|\.so\.)(\d+)", name)
+            if match:
+                cudnn_major = match.group(1)
+                break
+    return cuda_major, cudnn_major
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from pip's ``nvidia-*`` packages, where they are (once per process).
+
+    Those packages put the libraries outside the dynamic loader's search path; onnxruntime's
+    ``preload_dlls`` loads them from there so its providers find them. It prints what it cannot
+    load to stdout; that is swallowed here, since ``_library_error`` names the missing library in
+    one line anyway.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+        preload(cuda=True, cudnn=True)
+
+
+def _library_error(provider: str) -> str:
+    """Why this machine cannot load what ``provider`` needs; ``""`` when it can (not cached).
 
     onnxruntime-gpu lists CUDA/TensorRT as *available* even where their libraries (CUDA, cuDNN)
-    are missing; asking a session for them then prints a screen of errors and falls back.
-    Loading the provider library ourselves answers the question quietly.
+    are missing; a session asked for them then logs a screen of errors and runs on the CPU.
+    Loading the provider library (and, for CUDA, cuDNN) ourselves answers quietly, with the
+    dynamic loader's own message naming the first missing library.
     """
-    libname = {CUDA: "cuda", TENSORRT: "tensorrt"}.get(provider)
+    libname = _PROVIDER_LIBRARY.get(provider)
     if libname is None:
-        return True, ""
+        return ""
     if provider not in ort.get_available_providers():
-        return False, "not in this onnxruntime build"
+        return "not in this onnxruntime build"
     path = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{libname}.so"
     if not path.exists():  # Windows/macOS builds name it differently; let ORT decide there
-        return True, ""
+        return ""
+    _preload_gpu_libraries()
     try:
         ctypes.CDLL(str(path))
     except OSError as exc:
-        return False, str(exc)
-    return True, ""
+        return str(exc)
+    _cuda, cudnn = expected_gpu_versions()
+    if provider == CUDA and cudnn != "?":  # opened by the provider only when a session starts
+        try:
+            ctypes.CDLL(f"libcudnn.so.{cudnn}")
+        except OSError as exc:
+            return str(exc)
+    return ""
 
 
-def select_providers(requested: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """Return (providers to ask ONNX Runtime for, notes on the ones left out and why).
+@functools.cache
+def _provider_library_loads(provider: str) -> tuple[bool, str]:
+    """Can this machine load what ``provider`` needs? (cached; see ``_library_error``)"""
+    why = _library_error(provider)
+    return not why, why
 
-    Empty ``requested`` means: CUDA when it can actually load, then CPU. TensorRT only when
-    asked for by name (its engine builds take minutes; nobody should get that by surprise).
-    CPU is always appended last as the fallback.
+
+def device_error(provider: str, why: str) -> str:
+    """The one-line reason a ``device="cuda"`` session is refused."""
+    cuda, cudnn = expected_gpu_versions()
+    return (
+        f"device cuda: {provider} cannot run here: {why}; this onnxruntime "
+        f"{ort.__version__} expects CUDA {cuda}.x and cuDNN {cudnn}.x (install them, or serve "
+        "with --device auto or --device cpu)"
+    )
+
+
+def check_device_providers(device: str, requested: Sequence[str]) -> None:
+    """Raise ``ValueError`` when ``device`` and ``requested`` providers contradict each other.
+
+    Loads nothing: Settings calls it while validating flags (see ``plan_providers``).
     """
-    wanted = list(requested) if requested else [CUDA, CPU]
-    chosen: list[str] = []
+    choices = get_args(Device)
+    if device not in choices:
+        raise ValueError(f"device must be one of {', '.join(choices)}; got {device!r}")
+    gpu = [p for p in requested if p in GPU_PROVIDERS]
+    if device == "cpu" and gpu:
+        raise ValueError(
+            f"--device cpu never uses a GPU, but --providers names {', '.join(gpu)}; drop "
+            "them, or use --device auto or cuda"
+        )
+    if device == "cuda" and requested and not gpu:
+        raise ValueError(
+            f"--device cuda runs on a GPU provider, but --providers names only "
+            f"{', '.join(requested)}; add {CUDA} (or {TENSORRT}), or leave --providers empty"
+        )
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """What a session asks ONNX Runtime for, and which GPU providers it must really get."""
+
+    asked: tuple[str, ...]  # in order of preference; CPU last
+    required: tuple[str, ...]  # device "cuda": each must be among the session's providers
+    notes: tuple[str, ...]  # providers left out, and why
+
+
+def plan_providers(device: Device = "auto", requested: Sequence[str] = ()) -> ProviderPlan:
+    """The one rule joining ``device`` and ``providers``: ``device`` decides whether a GPU is
+    used; ``providers`` only chooses and orders providers within that decision.
+
+    * ``cpu``: only CPU providers are asked for (``CPUExecutionProvider`` unless ``requested``
+      names others); no GPU library is ever loaded, and naming a GPU provider is an error.
+    * ``cuda``: ``requested`` empty means CUDA; otherwise it must name CUDA and/or TensorRT, in
+      the order wanted. Every GPU provider asked for is *required*: if its libraries do not
+      load, this raises ``DeviceUnavailableError`` at once, and ``OnnxModel`` checks the
+      session really runs it after creation (ONNX Runtime falls back to the CPU quietly).
+    * ``auto``: ``requested`` empty means CUDA when its libraries load, else the CPU; otherwise
+      the providers named, less those whose libraries do not load (each noted).
+
+    ``CPUExecutionProvider`` is always appended last: ONNX Runtime runs the nodes a GPU provider
+    has no kernel for there (shape arithmetic, say), which is partitioning, not a fallback.
+    TensorRT is never chosen unless named: its engine builds take minutes.
+    """
+    check_device_providers(device, requested)
+    wanted = list(requested) or ([CPU] if device == "cpu" else [CUDA, CPU])
+    required = tuple(p for p in wanted if p in GPU_PROVIDERS) if device == "cuda" else ()
+    asked: list[str] = []
     notes: list[str] = []
+    available = ort.get_available_providers()
     for provider in wanted:
         ok, why = _provider_library_loads(provider)
-        if ok and provider in ort.get_available_providers():
-            chosen.append(provider)
+        if ok and provider in available:
+            asked.append(provider)
+        elif provider in required:
+            raise DeviceUnavailableError(device_error(provider, why or "not available"))
         else:
             notes.append(f"{provider} unusable ({why or 'not available'})")
-    if CPU not in chosen:
-        chosen.append(CPU)
-    return chosen, notes
+    if CPU not in asked:
+        asked.append(CPU)
+    return ProviderPlan(tuple(asked), required, tuple(notes))
+
+
+def select_providers(
+    requested: Sequence[str] = (), device: Device = "auto"
+) -> tuple[list[str], list[str]]:
+    """Return (providers to ask ONNX Runtime for, notes on the ones left out and why).
+
+    ``plan_providers`` without the requirement, for callers that only want the list.
+    """
+    plan = plan_providers(device, requested)
+    return list(plan.asked), list(plan.notes)
+
+
+def require_device(device: Device, requested: Sequence[str] = ()) -> None:
+    """Raise ``DeviceUnavailableError`` now if ``device`` cannot be had on this machine.
+
+    The server calls it before loading anything, so ``--device cuda`` on a host without CUDA
+    stops in well under a second with the reason, instead of after every model's fetch.
+    """
+    plan_providers(device, requested)
+
+
+def provider_label(providers: Sequence[str]) -> str:
+    """The short name of the provider a session runs first (``cuda``, ``tensorrt``, ``cpu``):
+    the ``provider`` label of the batch metrics."""
+    first = providers[0] if providers else CPU
+    return first.removesuffix("ExecutionProvider").lower()
+
+
+def _provider_entries(
+    asked: Sequence[str], gpu: GpuOptions
+) -> list[str | tuple[str, dict[str, str]]]:
+    """``asked`` with each GPU provider's options attached (boolean options as "1"/"0")."""
+    entries: list[str | tuple[str, dict[str, str]]] = []
+    graph = "1" if gpu.cuda_graph else "0"
+    for provider in asked:
+        if provider == CUDA:
+            entries.append(
+                (
+                    CUDA,
+                    {
+                        "device_id": str(gpu.device_id),
+                        "cudnn_conv_algo_search": gpu.cudnn_conv_algo_search,
+                        "enable_cuda_graph": graph,
+                    },
+                )
+            )
+        elif provider == TENSORRT:
+            options = {"device_id": str(gpu.device_id), "trt_cuda_graph_enable": graph}
+            if gpu.tensorrt_cache_dir is not None:
+                gpu.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
+                cache = str(gpu.tensorrt_cache_dir)
+                options |= {
+                    "trt_engine_cache_enable": "1",
+                    "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": "1",
+                    "trt_timing_cache_path": cache,
+                }
+            entries.append((TENSORRT, options))
+        else:
+            entries.append(provider)
+    return entries
+
+
+def process_gpu_memory_mib(pid: int | None = None) -> tuple[float | None, str]:
+    """GPU memory this process holds, in MiB, and how it was read (or why it could not be).
+
+    NVML through ``pynvml`` (the ``nvidia-ml-py`` package) when importable, else
+    ``nvidia-smi``; either lists compute processes by pid. In a container without the host's
+    pid namespace NVML reports host pids, so the process is not found: then it says so.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+            try:
+                used = 0
+                found = False
+                for index in range(pynvml.nvmlDeviceGetCount()):
+                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                        if proc.pid == pid:
+                            found = True
+                            used += int(proc.usedGpuMemory or 0)
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception as exc:
+            return None, f"NVML failed ({type(exc).__name__}: {exc})"
+        if not found:
+            return None, f"pid {pid} not among NVML's compute processes (container pid namespace?)"
+        return used / 2**20, "nvml"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None, "unknown: neither nvidia-ml-py nor nvidia-smi is installed"
+    try:
+        out = subprocess.run(
+            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"nvidia-smi failed ({type(exc).__name__})"
+    rows = [line.split(",") for line in out.splitlines() if line.strip()]
+    mine = [float(row[1]) for row in rows if len(row) == 2 and row[0].strip() == str(pid)]
+    if not mine:
+        return None, f"pid {pid} not among nvidia-smi's compute apps (container pid namespace?)"
+    return sum(mine), "nvidia-smi"
 
 
 def _dim(value: object) -> int:
@@ -118,11 +379,127 @@ def _as_ort(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class _Bound:
+    """One input shape's IO binding: its device buffers stay bound between calls."""
+
+    __slots__ = ("binding", "inputs", "outputs", "run_options")
+
+    def __init__(
+        self,
+        binding: ort.IOBinding,
+        inputs: dict[str, ort.OrtValue],
+        outputs: dict[str, ort.OrtValue],
+        run_options: ort.RunOptions | None,
+    ) -> None:
+        self.binding = binding
+        self.inputs = inputs
+        self.outputs = outputs
+        self.run_options = run_options
+
+
+class IoBinder:
+    """IO binding with device buffers reused per input shape; outputs copied to the host once.
+
+    The first call of a shape allocates its inputs on ``device`` and lets ONNX Runtime allocate
+    its outputs there; later calls of that shape copy the new inputs into the same buffers
+    (``update_inplace``), run, and copy the outputs to the host in one step. Those fixed
+    addresses are what a CUDA graph needs (each shape gets its own ``gpu_graph_id``).
+    Parametrised by device so the reuse is testable on the CPU; calls are serialised (one
+    shape's buffers serve one call at a time).
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        *,
+        device: str = "cuda",
+        device_id: int = 0,
+        cuda_graph: bool = False,
+    ) -> None:
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self.cuda_graph = cuda_graph
+        self.output_names = [spec.name for spec in outputs]
+        self._output_index = {name: i for i, name in enumerate(self.output_names)}
+        # Buffers are kept only where a shape is decided by the batch size alone: any other
+        # dynamic axis (a sequence length) would make the number of shapes unbounded, and an
+        # output whose shape depends on the data cannot be pre-bound at all.
+        self.reuse = all(all(d >= 0 for d in spec.shape[1:]) for spec in [*inputs, *outputs])
+        self._bound: dict[tuple[tuple[str, tuple[int, ...], str], ...], _Bound] = {}
+        self._lock = threading.Lock()
+        self._skip_graph: ort.RunOptions | None = None
+        if cuda_graph:
+            self._skip_graph = ort.RunOptions()
+            self._skip_graph.add_run_config_entry("gpu_graph_id", "-1")
+
+    def run(self, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run with bound buffers; ``{name: host array}`` for the ``names`` requested."""
+        key = tuple((name, value.shape, value.dtype.str) for name, value in feeds.items())
+        with self._lock:
+            bound = self._bound.get(key)
+            if bound is None:
+                bound = self._first(key, feeds)
+            else:
+                for name, value in feeds.items():
+                    bound.inputs[name].update_inplace(np.ascontiguousarray(value))
+                self.session.run_with_iobinding(bound.binding, bound.run_options)
+            arrays = bound.binding.copy_outputs_to_cpu()
+        index = self._output_index
+        return {name: arrays[index[name]] for name in names}
+
+    def _first(
+        self, key: tuple[tuple[str, tuple[int, ...], str], ...], feeds: Mapping[str, np.ndarray]
+    ) -> _Bound:
+        binding = self.session.io_binding()
+        inputs: dict[str, ort.OrtValue] = {}
+        for name, value in feeds.items():
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(
+                list(value.shape), value.dtype.type, self.device, self.device_id
+            )
+            buffer.update_inplace(np.ascontiguousarray(value))
+            binding.bind_ortvalue_input(name, buffer)
+            inputs[name] = buffer
+        for name in self.output_names:
+            binding.bind_output(name, self.device, self.device_id)
+        keep = self.reuse and len(self._bound) < MAX_BOUND_SHAPES
+        run_options = self._skip_graph
+        if keep and self.cuda_graph:
+            run_options = ort.RunOptions()  # 0 is ORT's own; ids count from 1
+            run_options.add_run_config_entry("gpu_graph_id", str(len(self._bound) + 1))
+        self.session.run_with_iobinding(binding, run_options)
+        outputs = dict(zip(self.output_names, binding.get_outputs(), strict=True))
+        bound = _Bound(binding, inputs, outputs, run_options)
+        if keep:
+            for name, value in outputs.items():
+                binding.bind_ortvalue_output(name, value)
+            self._bound[key] = bound
+        return bound
+
+    def buffer_addresses(self) -> dict[tuple[tuple[int, ...], ...], dict[str, int]]:
+        """Device addresses of every kept buffer, by the input shapes they serve (for tests and
+        diagnostics: a shape's addresses never change while the session lives)."""
+        with self._lock:
+            return {
+                tuple(shape for _name, shape, _dtype in key): {
+                    name: value.data_ptr()
+                    for name, value in [*bound.inputs.items(), *bound.outputs.items()]
+                }
+                for key, bound in self._bound.items()
+            }
+
+
 class OnnxModel:
     """One ONNX file in one ONNX Runtime session; synchronous and thread-safe to ``run``.
 
     Serves any ONNX file (any number of inputs and outputs); our metadata contract
-    (docs/contracts.md) adds meaning when present but is never required.
+    (docs/contracts.md) adds meaning when present but is never required. ``device`` and
+    ``providers`` follow ``plan_providers``; with ``device="cuda"`` a session that does not
+    really run its GPU provider raises ``DeviceUnavailableError`` instead of computing on the
+    CPU. ``io_binding`` (default: on exactly when a GPU provider runs) routes calls through an
+    ``IoBinder`` on the session's device.
     """
 
     def __init__(
@@ -130,6 +507,9 @@ class OnnxModel:
         path: str | os.PathLike[str],
         *,
         providers: Sequence[str] = (),
+        device: Device = "auto",
+        gpu: GpuOptions | None = None,
+        io_binding: bool | None = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         name: str | None = None,
@@ -140,6 +520,7 @@ class OnnxModel:
             raise ValueError(f"{self.path} is not an .onnx file; only ONNX models are loaded")
         self.name = name or self.path.stem
         self.version = version
+        gpu = gpu or GpuOptions()
         options = ort.SessionOptions()
         threads = intra_op_threads or max(1, os.cpu_count() or 1)
         options.intra_op_num_threads = threads
@@ -152,23 +533,50 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning intra-op threads burn the cores the gRPC event loop needs between calls.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        asked, notes = select_providers(providers)
-        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=asked)
+        plan = plan_providers(device, providers)
+        notes = list(plan.notes)
+        self.session = self._create(options, plan, gpu, notes)
         self.providers: list[str] = list(self.session.get_providers())
-        for provider in asked:
+        missing = [p for p in plan.required if p not in self.providers]
+        if missing:
+            # The libraries loaded, yet ONNX Runtime built the session without the provider (no
+            # GPU visible, a driver too old for this CUDA, cuDNN failing at start): its log above
+            # says why; the library check is repeated uncached in case that is the reason.
+            why = _library_error(missing[0]) or (
+                f"the session runs {','.join(self.providers)} without it (ONNX Runtime fell "
+                "back; its log above says why)"
+            )
+            raise DeviceUnavailableError(device_error(missing[0], why))
+        for provider in plan.asked:
             if provider not in self.providers:
                 notes.append(f"{provider} requested but the session fell back")
         self.inputs: list[TensorSpec] = _specs(self.session.get_inputs())
         self.outputs: list[TensorSpec] = _specs(self.session.get_outputs())
         meta = self.session.get_modelmeta()
         self.metadata: dict[str, str] = dict(meta.custom_metadata_map)
-        self._use_io_binding = CUDA in self.providers or TENSORRT in self.providers
+        #: ``cuda`` when a GPU provider runs this session, else ``cpu``.
+        self.device = "cuda" if any(p in GPU_PROVIDERS for p in self.providers) else "cpu"
+        #: The provider that runs first (``cuda``, ``tensorrt``, ``cpu``): the metrics label.
+        self.provider = provider_label(self.providers)
+        #: Why the session is not on the GPU, when it could have been (auto), else "".
+        self.notes = "; ".join(notes)
+        self.binder: IoBinder | None = None
+        strings = any(spec.datatype == "BYTES" for spec in [*self.inputs, *self.outputs])
+        if (self.device == "cuda" if io_binding is None else io_binding) and not strings:
+            self.binder = IoBinder(
+                self.session,
+                self.inputs,
+                self.outputs,
+                device=self.device,
+                device_id=gpu.device_id,
+                cuda_graph=gpu.cuda_graph and self.device == "cuda",
+            )
         # On the CPU, ``InferenceSession.run`` only re-checks in Python what the codecs have
         # already checked (input names) and adds a GPU-provider fallback that cannot apply;
         # its binding (the long-standing ``_sess``) does the work, skipping that overhead on
         # every call. The public method stays the path anywhere else, or if the binding moves.
         binding: Any = getattr(self.session, "_sess", None)
-        cpu_only = self.providers == ["CPUExecutionProvider"]
+        cpu_only = self.providers == [CPU]
         self._run: Callable[..., list[Any]] = (
             binding.run if cpu_only and hasattr(binding, "run") else self.session.run
         )
@@ -180,9 +588,44 @@ class OnnxModel:
             providers=",".join(self.providers),
             intra_op_threads=threads,
             inter_op_threads=options.inter_op_num_threads,
-            io_binding=self._use_io_binding,
-            notes="; ".join(notes) or "-",
+            io_binding=self.binder is not None,
+            notes=self.notes or "-",
         )
+
+    def _create(
+        self,
+        options: ort.SessionOptions,
+        plan: ProviderPlan,
+        gpu: GpuOptions,
+        notes: list[str],
+    ) -> ort.InferenceSession:
+        """The session, built without ONNX Runtime's silent retry on the CPU.
+
+        ``enable_fallback=0`` makes a failure to build the GPU session (CUDA graphs asked for a
+        graph with CPU nodes, say) an error here, and keeps a failing GPU call at run time from
+        quietly moving the session to the CPU. The model is then built on the CPU once: if that
+        fails too, the model is at fault and its error is raised; if not, ``cuda`` refuses
+        (``DeviceUnavailableError``) and ``auto`` keeps the CPU session and says why.
+        """
+        path = str(self.path)
+        try:
+            return ort.InferenceSession(
+                path,
+                sess_options=options,
+                providers=_provider_entries(plan.asked, gpu),
+                enable_fallback=0,
+            )
+        except (RuntimeError, ValueError) as exc:
+            if plan.asked == (CPU,):
+                raise
+            reason = str(exc).replace("\n", " ")[:300]
+            session = ort.InferenceSession(
+                path, sess_options=options, providers=[CPU], enable_fallback=0
+            )
+            if plan.required:
+                raise DeviceUnavailableError(device_error(plan.required[0], reason)) from exc
+            notes.append(f"GPU session failed ({reason}); on the CPU instead")
+            return session
 
     @functools.cached_property
     def input_names(self) -> list[str]:
@@ -204,22 +647,10 @@ class OnnxModel:
     ) -> dict[str, np.ndarray]:
         """Run the session; return ``{output name: array}`` for the requested (default: all)."""
         names = output_names or self.output_names
+        if self.binder is not None:
+            return self.binder.run(feeds, names)
         feeds = {k: _as_ort(v) for k, v in feeds.items()}
-        if self._use_io_binding:
-            return self._run_bound(feeds, names)
         return dict(zip(names, self._run(names, feeds, None), strict=True))
-
-    def _run_bound(
-        self, feeds: Mapping[str, np.ndarray], names: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """GPU path: bind inputs once, let outputs live on the device, copy back once."""
-        binding = self.session.io_binding()
-        for key, value in feeds.items():
-            binding.bind_cpu_input(key, np.ascontiguousarray(value))
-        for name in names:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
     def dummy_feeds(self, batch_size: int = 1) -> dict[str, np.ndarray]:
         """Zero inputs of the right dtypes and shapes (dynamic axes: batch_size, then 1)."""
@@ -237,6 +668,15 @@ class OnnxModel:
     def warmup(self, batch_size: int = 1) -> None:
         """Run one dummy batch so lazy initialisation happens before real traffic."""
         self.run(self.dummy_feeds(batch_size))
+
+    def warmup_batch_sizes(self, max_batch_size: int) -> list[int]:
+        """The batch sizes to warm before traffic: every size a request or the batcher can
+        form (1 to ``max_batch_size``) when calls go through IO binding, whose buffers, cuDNN
+        algorithm choices and CUDA graphs are per shape; else, and for a model without a
+        batch axis, one."""
+        if self.binder is None or not self.batchable:
+            return [1]
+        return list(range(1, max(1, max_batch_size) + 1))
 
 
 def usable_cores() -> int:
@@ -321,15 +761,25 @@ class OnnxRuntimeModel(ModelRuntime):
         path: Path,
         *,
         providers: Sequence[str] = (),
+        device: Device = "auto",
+        gpu: GpuOptions | None = None,
+        io_binding: bool | None = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         warmup: bool = True,
+        max_batch_size: int = 1,
         inline_compute_us: int = 0,
     ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self._providers = list(providers)
+        self._device: Device = device
+        self._gpu = gpu
+        self._io_binding = io_binding
+        self._max_batch_size = max_batch_size
+        #: GPU memory this process held after the load, and how it was read (GPU sessions).
+        self.gpu_memory: tuple[float | None, str] = (None, "not on a GPU")
         self._intra = intra_op_threads
         self._inter = inter_op_threads
         self._warmup = warmup
@@ -375,20 +825,40 @@ class OnnxRuntimeModel(ModelRuntime):
         """Execution providers the session really uses."""
         return self.model.providers
 
+    @property
+    def device(self) -> str:
+        """``cuda`` when a GPU provider runs the session, else ``cpu``."""
+        return self.model.device
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs first, short (``cuda``, ``tensorrt``, ``cpu``)."""
+        return self.model.provider
+
     def _load_sync(self) -> OnnxModel:
         model = OnnxModel(
             self.path,
             providers=self._providers,
+            device=self._device,
+            gpu=self._gpu,
+            io_binding=self._io_binding,
             intra_op_threads=self._intra,
             inter_op_threads=self._inter,
             name=self.name,
             version=self.version,
         )
         if self._warmup:
-            model.warmup()
+            # Every shape a request can bring, before readiness: on a GPU each new shape costs
+            # cuDNN's algorithm search, new IO-binding buffers and a CUDA graph capture.
+            runs = GPU_WARMUP_RUNS if model.device == "cuda" else 1
+            for size in model.warmup_batch_sizes(self._max_batch_size):
+                for _ in range(runs):
+                    model.warmup(size)
             start = time.perf_counter_ns()
             model.warmup()
             self._compute_ns = float(time.perf_counter_ns() - start)
+        if model.device == "cuda":
+            self.gpu_memory = process_gpu_memory_mib()
         return model
 
     async def load(self) -> None:

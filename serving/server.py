@@ -9,7 +9,13 @@ goes NOT_SERVING and new requests are refused while in-flight ones, on both tran
 ``grace_period_s`` to finish; then the sessions are released and the process exits 0.
 
 ``--workers N`` starts N processes that each bind the same ports with SO_REUSEPORT and own their
-sessions, sidestepping the GIL on the request path; the parent aggregates their metrics.
+sessions, sidestepping the GIL on the request path; the parent aggregates their metrics. With
+``worker_gpus`` each worker sees one GPU (``CUDA_VISIBLE_DEVICES``, round-robin).
+
+``device="cuda"`` is checked twice before the server can report ready: the GPU provider's
+libraries must load (before any port is bound), and every version loaded at start-up must really
+run on the GPU; otherwise start-up fails with ``DeviceUnavailableError`` (one line, exit 1) and
+health never leaves NOT_SERVING. Nothing is ever served from the CPU in that mode.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from serving.errors import UNDECODABLE, MalformedRequestError
 from serving.logs import configure, log_event
 from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
 from serving.repository import Repository
+from serving.runtime import DeviceUnavailableError, require_device
 from serving.servicer import InferenceServicer
 from serving.settings import Settings
 from serving.sources import DirectorySource, MlflowSource, ModelSource
@@ -161,11 +168,16 @@ class InferenceServer:
     """A built (not yet started) server; ``start``/``stop`` drive its lifecycle."""
 
     def __init__(self, settings: Settings) -> None:
+        # --device cuda on a host whose GPU libraries do not load: stop before binding anything.
+        require_device(settings.device, settings.providers)
         self.settings = settings
         self.metrics = ServerMetrics()
         self.repository = Repository(make_source(settings), settings, self.metrics)
         self.repository.on_change.append(
             lambda: self.metrics.set_models_loaded(self.repository.ready_count())
+        )
+        self.repository.on_load.append(
+            lambda served: self.metrics.bind_provider(served.name, served.runtime.provider)
         )
         self.dataplane = DataPlane(settings, self.repository, self.metrics)
         # No interceptor unless auth needs one: grpc.aio runs the chain on every RPC.
@@ -262,6 +274,12 @@ class InferenceServer:
         if self.dataplane.capture is not None:
             self.dataplane.capture.start()
         await self.repository.start()
+        if self.repository.device_refusals:
+            # A version that did not get the GPU is never served; with one at start-up the
+            # deployment is misconfigured, so say so and stop instead of half-serving.
+            reason = self.repository.device_refusals[0]
+            log_event("device_unavailable", logging.ERROR, reason=reason)
+            raise DeviceUnavailableError(reason)
         if self.dataplane.capture is not None:
             self.dataplane.capture.warn_unknown_models(self.repository.models)
         self.dataplane.started = True
@@ -326,9 +344,23 @@ async def serve(settings: Settings) -> None:
         await server.stop()
 
 
+def _pin_gpu(settings: Settings, index: int) -> str:
+    """Show worker ``index`` only its GPU of ``worker_gpus`` (round-robin); "-" when unset.
+
+    Runs before any session exists: CUDA reads ``CUDA_VISIBLE_DEVICES`` when it initialises,
+    and inside the worker that GPU is device 0.
+    """
+    if not settings.worker_gpus:
+        return "-"
+    gpu = str(settings.worker_gpus[index % len(settings.worker_gpus)])
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
 def _worker(settings: Settings, index: int) -> None:
     configure(settings.log_level)
-    log_event("worker_started", index=index, pid=os.getpid())
+    gpu = _pin_gpu(settings, index)
+    log_event("worker_started", index=index, pid=os.getpid(), gpu=gpu)
     asyncio.run(serve(settings))
 
 
@@ -341,7 +373,9 @@ def _free_port(host: str) -> int:
 def run(settings: Settings) -> int:
     """Run the server (``settings.workers`` processes); return the process exit code."""
     configure(settings.log_level)
+    require_device(settings.device, settings.providers)  # once, before any worker starts
     if settings.workers == 1:
+        _pin_gpu(settings, 0)
         asyncio.run(serve(settings))
         return 0
     # Every worker binds the same ports, so a port left to the system (0) is picked here, once.

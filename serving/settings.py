@@ -41,6 +41,13 @@ def default_tracking_uri() -> str:
 #: the pixels.
 CaptureImages = Literal["summary", "pixels"]
 
+#: Where sessions run (``Settings.device``); serving/runtime.py's ``plan_providers`` is the rule
+#: that turns it, with ``Settings.providers``, into the providers a session asks for.
+Device = Literal["auto", "cpu", "cuda"]
+
+#: cuDNN's convolution algorithm search (the CUDA provider's ``cudnn_conv_algo_search``).
+CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+
 #: The key of the default rate in ``Settings.capture_rate``.
 ALL_MODELS = "*"
 
@@ -217,6 +224,36 @@ class Settings(BaseSettings):
     CUDAExecutionProvider,CPUExecutionProvider``. Empty: CUDA when it can actually load, else
     CPU; TensorRT only when asked for."""
 
+    device: Device = "auto"
+    """Where sessions run. ``cuda``: on the GPU or not at all: a version whose session does not
+    really run the CUDA provider (or TensorRT, when ``providers`` names it) is refused, and at
+    start-up the server exits with one line naming the library that failed to load and the CUDA
+    and cuDNN majors this onnxruntime build expects. ``cpu``: never loads a GPU library.
+    ``auto``: CUDA when it really loads, else the CPU, and each load's log line says which.
+    ``providers`` only chooses and orders providers within this choice."""
+
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = "EXHAUSTIVE"
+    """cuDNN's convolution algorithm search on the CUDA provider: ``EXHAUSTIVE`` benchmarks every
+    algorithm once per input shape (the fastest kernels; the search runs during warm-up, before
+    the version takes traffic), ``HEURISTIC`` picks one without benchmarking (faster loads),
+    ``DEFAULT`` always uses implicit GEMM."""
+
+    cuda_graph: bool = False
+    """Capture each batch size's run as a CUDA graph and replay it (the CUDA provider's
+    ``enable_cuda_graph``): fewer kernel launches per call. Only for models whose every node runs
+    on CUDA; a session ONNX Runtime refuses to build that way fails to load (``device=cuda``) or
+    falls back to the CPU with a note (``auto``)."""
+
+    tensorrt_cache_dir: Path | None = None
+    """Where the TensorRT provider (when ``providers`` names it) keeps built engines and its
+    timing cache, so a restart reuses them instead of rebuilding for minutes. Default:
+    ``tensorrt/`` in ``cache_dir`` (``$NEUROSERVE_HOME/cache/tensorrt``)."""
+
+    worker_gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """GPU indices the ``workers`` are spread over, round-robin, one per worker through
+    ``CUDA_VISIBLE_DEVICES`` (e.g. ``0,1``). Empty: every worker sees every GPU and runs on the
+    first, each with its own sessions."""
+
     intra_op_threads: int = 0
     """Threads inside one operator. 0: usable CPU cores divided by ``workers`` (at least 1), so
     worker processes do not oversubscribe the machine."""
@@ -238,8 +275,10 @@ class Settings(BaseSettings):
     answers and statuses are the same either way, which the tests check."""
 
     warmup: bool = True
-    """Run one dummy batch through each new session before it takes traffic, so the first real
-    request does not pay for lazy initialisation."""
+    """Run dummy batches through each new session before it takes traffic, so the first real
+    request does not pay for lazy initialisation: one batch on the CPU; on a GPU every batch size
+    the batcher can form (1 to ``max_batch_size``), so cuDNN's algorithm search, IO-binding
+    buffers and CUDA graphs are all set up off the request path."""
 
     # --- tracing ------------------------------------------------------------------------------
     trace_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -287,7 +326,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level of the ``serving`` logger."""
 
-    @field_validator("model_names", "providers", "preferred_batch_sizes", mode="before")
+    @field_validator(
+        "model_names", "providers", "preferred_batch_sizes", "worker_gpus", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -339,6 +380,23 @@ class Settings(BaseSettings):
             setattr(self, name, SecretStr(token))
         return self
 
+    @model_validator(mode="after")
+    def _device_and_providers(self) -> Settings:
+        # serving/runtime.py holds the rule (and the provider names); imported only when the
+        # two settings could contradict each other, so the defaults never import onnxruntime.
+        if self.device != "auto" or self.providers:
+            from serving.runtime import check_device_providers
+
+            check_device_providers(self.device, self.providers)
+        return self
+
+    @field_validator("worker_gpus")
+    @classmethod
+    def _gpu_indices(cls, value: list[int]) -> list[int]:
+        if any(index < 0 for index in value):
+            raise ValueError(f"GPU indices are 0 or more, got {value}")
+        return value
+
     @field_validator("max_batch_size", "workers", "max_queue_size")
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -353,6 +411,10 @@ class Settings(BaseSettings):
     def resolved_cache_dir(self) -> Path:
         """The artifact cache directory (explicit setting, else ``$NEUROSERVE_HOME/cache``)."""
         return self.cache_dir or home_dir() / "cache"
+
+    def resolved_tensorrt_cache_dir(self) -> Path:
+        """TensorRT's engine and timing cache (explicit setting, else under the cache dir)."""
+        return self.tensorrt_cache_dir or self.resolved_cache_dir() / "tensorrt"
 
     def capture_on(self) -> bool:
         """True when some model's requests are captured (any rate above 0)."""
