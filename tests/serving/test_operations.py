@@ -83,6 +83,11 @@ def test_metrics_endpoint(server, stub):
     ):
         assert f'{name}{{le="' in text or f'{name}{{model="classifier"' in text, name
     assert re.search(r"neuroserve_models_loaded [1-9]", text)
+    # per-batch series name the provider the loaded version really runs on
+    provider = server.server.repository.get("classifier").runtime.provider
+    assert re.search(
+        rf'neuroserve_batch_size_sum\{{model="classifier",provider="{provider}"\}} [1-9]', text
+    )
 
 
 def test_bearer_token(model_repo):
