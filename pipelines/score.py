@@ -10,6 +10,10 @@ Inputs, by what the model takes (its ``input_kind`` metadata, else its input sha
 * images: an ``.npz`` (array ``x``/``images``, optional ``ids``) or a folder of image files (ids
   are the file names); ``.npz`` also works for tables.
 
+Inputs and outputs may be ``s3://bucket/key`` paths, and an image folder an ``s3://bucket/prefix/``
+(``pipelines/objects.py``): inputs are fetched to a temporary folder and read like local files,
+outputs are put whole once written.
+
 The whole input is validated against the model before anything is scored: missing, extra or
 misnamed columns, wrong image sizes, and bad rows (NaN, non-numeric) are reported with their row
 numbers, never dropped. Chunks run as Prefect tasks; with a Dask address they run on that cluster.
@@ -18,16 +22,18 @@ numbers, never dropped. Chunks run as Prefect tasks; with a Dask address they ru
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import difflib
 import json
 import os
+import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines import objects
 from pipelines.errors import ScoringInputError
 from pipelines.settings import DEFAULT_BATCH_SIZE
 from serving.runtime import usable_cores
@@ -43,6 +50,7 @@ from serving.runtime import usable_cores
 ID_COLUMNS = ("id", "row_id", "rowid", "key", "uid", "date", "time", "timestamp", "ds")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+INPUT_SUFFIXES = (*TABLE_SUFFIXES, ".npz")
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 MAX_CHUNK_BATCHES = 16
 MAX_REPORTED_ROWS = 10
@@ -324,13 +332,13 @@ def _read_npz(path: Path, info: ModelInfo) -> ScoringInput:
     return ScoringInput(x=np.ascontiguousarray(x.astype(info.dtype, copy=False)), ids=ids)
 
 
-def _read_image_folder(path: Path, info: ModelInfo) -> ScoringInput:
+def _read_image_folder(path: Path, info: ModelInfo, source: str) -> ScoringInput:
     from PIL import Image
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ScoringInputError(
-            f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder"
+            f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder"
         )
     if info.input_kind != "image":
         raise ScoringInputError(f"model takes {info.input_kind} input, not images")
@@ -347,7 +355,7 @@ def _read_image_folder(path: Path, info: ModelInfo) -> ScoringInput:
         arrays.append(arr[None, :, :] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1)))
     if wrong:
         raise ScoringInputError(
-            f"{path}: {len(wrong)} image(s) are not {w}x{h} (width x height) as the model "
+            f"{source}: {len(wrong)} image(s) are not {w}x{h} (width x height) as the model "
             f"expects: {', '.join(wrong[:MAX_REPORTED_ROWS])}"
         )
     return ScoringInput(
@@ -355,13 +363,24 @@ def _read_image_folder(path: Path, info: ModelInfo) -> ScoringInput:
     )
 
 
-def read_input(path: str | Path, info: ModelInfo, id_column: str | None = None) -> ScoringInput:
-    """Read and validate the whole input against the model; raise ScoringInputError if unfit."""
+def _unsupported_input(name: str) -> ScoringInputError:
+    return ScoringInputError(
+        f"{name}: unsupported input; expected .csv, .parquet, .npz or a folder of images"
+    )
+
+
+def read_input(
+    path: str | Path, info: ModelInfo, id_column: str | None = None, source: str | None = None
+) -> ScoringInput:
+    """Read and validate the whole input against the model; raise ScoringInputError if unfit.
+
+    ``source`` is the input as the user named it (an ``s3://`` prefix fetched to ``path``).
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise ScoringInputError(f"input {p} does not exist")
     if p.is_dir():
-        return _read_image_folder(p, info)
+        return _read_image_folder(p, info, source or str(p))
     suffix = p.suffix.lower()
     if suffix == ".npz":
         return _read_npz(p, info)
@@ -374,9 +393,55 @@ def read_input(path: str | Path, info: ModelInfo, id_column: str | None = None) 
             f"{p.name}: a table file cannot feed a model that takes {info.input_kind} input "
             "(images: .npz or a folder of image files)"
         )
-    raise ScoringInputError(
-        f"{p.name}: unsupported input; expected .csv, .parquet, .npz or a folder of images"
-    )
+    raise _unsupported_input(p.name)
+
+
+def _check_scheme(path: str, what: str) -> None:
+    """A ``scheme://`` path other than ``s3://`` is refused by name (not "does not exist")."""
+    scheme, sep, _ = str(path).partition("://")
+    if sep and scheme.isalnum() and not objects.is_uri(path):
+        raise ScoringInputError(
+            f"{what} {path}: {scheme}:// paths are not supported; expected a local path or "
+            "s3://BUCKET/KEY"
+        )
+
+
+@contextlib.contextmanager
+def staged_input(path: str) -> Iterator[tuple[Path, str]]:
+    """(local path to read, the input as the user named it), for as long as scoring needs it.
+
+    A local path is itself. An ``s3://`` object is fetched to a temporary folder (removed on
+    exit), and an ``s3://`` prefix has its image objects fetched into one; a missing bucket,
+    key or prefix, or an endpoint that does not answer, is an error before anything is read.
+    """
+    _check_scheme(path, "input")
+    if not objects.is_uri(path):
+        yield Path(path).expanduser(), str(path)
+        return
+    uri = objects.ObjectUri.parse(path)
+    store = objects.ObjectStore()
+    kind = store.kind(uri)
+    if kind == "object" and PurePosixPath(uri.key).suffix.lower() not in INPUT_SUFFIXES:
+        raise _unsupported_input(str(uri))
+    with tempfile.TemporaryDirectory(prefix="neuroserve-score-") as tmp:
+        if kind == "object":
+            yield store.download(uri, Path(tmp)), str(uri)
+        else:
+            folder = Path(tmp) / "images"
+            store.download_prefix(uri, folder, IMAGE_SUFFIXES)
+            yield folder, str(uri)
+
+
+def output_target(path: str) -> objects.ObjectUri | None:
+    """Refuse an output name the scorer could not write, before anything is fetched: a suffix
+    other than .csv/.parquet, or an ``s3://`` path without a bucket or a key. Returns the
+    ``s3://`` target (None for a local file)."""
+    _check_scheme(path, "output")
+    uri = objects.ObjectUri.parse(path, "output") if objects.is_uri(path) else None
+    name = uri.name if uri is not None else Path(path).name
+    if (uri is not None and uri.prefix) or Path(name).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ScoringInputError(f"output {path}: expected a .csv or .parquet file name")
+    return uri
 
 
 def format_output(inp: ScoringInput, output: np.ndarray, info: ModelInfo) -> pd.DataFrame:
@@ -397,8 +462,22 @@ def format_output(inp: ScoringInput, output: np.ndarray, info: ModelInfo) -> pd.
     return frame
 
 
-def write_output(frame: pd.DataFrame, path: str | Path) -> Path:
-    """CSV or Parquet by suffix; written to a temporary name then renamed (no half files)."""
+def write_output(frame: pd.DataFrame, path: str | Path) -> str:
+    """CSV or Parquet by suffix; returns where it went.
+
+    A local file is written to a temporary name then renamed (no half files); an ``s3://``
+    object is written to a local temporary file and then put whole.
+    """
+    uri = output_target(str(path))
+    if uri is not None:
+        with tempfile.TemporaryDirectory(prefix="neuroserve-score-") as tmp:
+            local = _write_local(frame, Path(tmp) / uri.name)
+            objects.ObjectStore().upload(local, uri)
+        return str(uri)
+    return str(_write_local(frame, path))
+
+
+def _write_local(frame: pd.DataFrame, path: str | Path) -> Path:
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -564,25 +643,32 @@ def score_flow(
         raise ScoringInputError(f"--chunk-size must be at least 1, got {chunk_size}")
     start = time.perf_counter()
     info = model_info(model_path)
-    inp = read_input(input_path, info, id_column)
-    n = len(inp.x)
-    local = workers is None
-    bounds = plan_chunks(n, batch_size, chunk_size, workers or usable_cores())
-    # Local chunks share the cores; a lone chunk gets them all. Dask workers run one per thread.
-    threads = max(1, usable_cores() // len(bounds)) if local else 1
-    # One round of chunks (a small file) runs on the flow's own threads: Prefect's per-task
-    # bookkeeping (~7 ms each plus its server's CPU on these same cores) would cost more than
-    # scoring 5,000 images. Files needing several rounds, and every Dask run, use tasks.
-    as_tasks = not local or len(bounds) > usable_cores()
-    outputs: dict[int, np.ndarray] = {}
-    with _progress(show_progress) as progress:
-        bar = progress.add_task(f"scoring {model_label or Path(model_path).name}", total=n)
-        for k, out in _chunk_results(model_path, inp.x, bounds, batch_size, threads, as_tasks):
-            outputs[k] = np.asarray(out)
-            a, b = bounds[k]
-            progress.update(bar, advance=b - a)
-    output = np.concatenate([outputs[k] for k in range(len(bounds))])
-    written = write_output(format_output(inp, output, info), output_path)
+    target = output_target(output_path)
+    # A fetched s3:// input stays on disk until the output is written: .npz inputs are mapped.
+    with staged_input(input_path) as (local_input, source):
+        if target is not None:  # a missing bucket found now, not after scoring
+            objects.ObjectStore().require_bucket(target)
+        inp = read_input(local_input, info, id_column, source)
+        n = len(inp.x)
+        local = workers is None
+        bounds = plan_chunks(n, batch_size, chunk_size, workers or usable_cores())
+        # Local chunks share the cores; a lone chunk gets them all. Dask workers run one per
+        # thread.
+        threads = max(1, usable_cores() // len(bounds)) if local else 1
+        # One round of chunks (a small file) runs on the flow's own threads: Prefect's per-task
+        # bookkeeping (~7 ms each plus its server's CPU on these same cores) would cost more
+        # than scoring 5,000 images. Files needing several rounds, and every Dask run, use
+        # tasks.
+        as_tasks = not local or len(bounds) > usable_cores()
+        outputs: dict[int, np.ndarray] = {}
+        with _progress(show_progress) as progress:
+            bar = progress.add_task(f"scoring {model_label or Path(model_path).name}", total=n)
+            for k, out in _chunk_results(model_path, inp.x, bounds, batch_size, threads, as_tasks):
+                outputs[k] = np.asarray(out)
+                a, b = bounds[k]
+                progress.update(bar, advance=b - a)
+        output = np.concatenate([outputs[k] for k in range(len(bounds))])
+        written = write_output(format_output(inp, output, info), output_path)
     seconds = time.perf_counter() - start
     return ScoreOutcome(
         model=model_label or model_path,
@@ -590,7 +676,7 @@ def score_flow(
         chunks=len(bounds),
         as_tasks=as_tasks,
         batch_size=batch_size,
-        output=str(written),
+        output=written,
         seconds=seconds,
         rows_per_second=n / seconds if seconds > 0 else float("inf"),
     )

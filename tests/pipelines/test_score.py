@@ -1,9 +1,21 @@
-"""Batch scoring: real ONNX files, real Prefect tasks, a real Dask cluster, bad inputs refused."""
+"""Batch scoring: real ONNX files, real Prefect tasks, a real Dask cluster, a real S3 API (moto's
+server) for s3:// inputs and outputs, bad inputs refused."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +25,7 @@ from PIL import Image
 from pipelines.errors import ScoringInputError
 from pipelines.score import MAX_CHUNK_BATCHES, _stored_member, plan_chunks, run_score
 from serving.runtime import OnnxModel, usable_cores
+from tests.integration.stack import free_port, wait_until
 from tests.pipelines.conftest import Exported
 
 
@@ -260,3 +273,309 @@ def test_stored_npz_is_mapped_and_compressed_npz_loaded_same_result(
         _onnx(image_model, x),
         atol=1e-5,
     )
+
+
+# --------------------------------------------------------------------------- s3:// paths
+BUCKET = "scoring"
+#: A folder of every test's own folder that the key may read but not write.
+READ_ONLY = "read-only"
+
+
+@dataclass
+class S3Bucket:
+    """A bucket on a real S3 API (moto's server) that checks signatures, as MinIO does."""
+
+    endpoint: str
+    name: str
+    key_id: str
+    secret: str
+    prefix: str = ""  # this test's own folder in the bucket
+
+    def fs(self) -> Any:
+        from pyarrow import fs
+
+        host = self.endpoint.removeprefix("http://")
+        return fs.S3FileSystem(
+            endpoint_override=host, scheme="http", region="us-east-1",
+            access_key=self.key_id, secret_key=self.secret,
+        )  # fmt: skip
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.name}/{self.prefix}{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.fs().open_output_stream(f"{self.name}/{self.prefix}{key}") as out:
+            out.write(data)
+
+    def get(self, key: str) -> bytes:
+        with self.fs().open_input_stream(f"{self.name}/{self.prefix}{key}") as src:
+            return bytes(src.read())
+
+    def keys(self) -> list[str]:
+        """Every object under this test's folder (relative keys)."""
+        from pyarrow import fs
+
+        where = f"{self.name}/{self.prefix}".rstrip("/")
+        found = self.fs().get_file_info(
+            fs.FileSelector(where, recursive=True, allow_not_found=True)
+        )
+        return sorted(i.path.removeprefix(where + "/") for i in found if i.type == fs.FileType.File)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
+    """moto's S3 server on loopback: an IAM user's key allowed ``s3:*`` but writes under
+    ``*/read-only/``, the bucket, then signatures enforced (unsigned or wrongly signed requests
+    refused, as by MinIO)."""
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _listening(port), "moto's S3 server", 60)
+        setup = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                 "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}  # fmt: skip
+        iam = boto3.client("iam", **setup)
+        iam.create_user(UserName="scorer")
+        iam.put_user_policy(
+            UserName="scorer",
+            PolicyName="s3",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                        {
+                            "Effect": "Deny",
+                            "Action": "s3:PutObject",
+                            "Resource": f"arn:aws:s3:::{BUCKET}/*/{READ_ONLY}/*",
+                        },
+                    ],
+                }
+            ),
+        )
+        key = iam.create_access_key(UserName="scorer")["AccessKey"]
+        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+        enforce = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+            headers={"Content-Type": "text/plain"},
+        )  # fmt: skip
+        urllib.request.urlopen(enforce, timeout=10).close()
+        yield S3Bucket(endpoint, BUCKET, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def bucket(s3_server: S3Bucket, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Bucket:
+    """The server as the scorer finds it: endpoint and keys in the environment only (no AWS
+    files, no instance metadata), and a folder of the bucket for this test alone."""
+    for name in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return dataclasses.replace(s3_server, prefix=f"{uuid.uuid4().hex[:8]}/")
+
+
+def _to_bytes(frame: pd.DataFrame, suffix: str) -> bytes:
+    sink = io.BytesIO()
+    if suffix == ".csv":
+        frame.to_csv(sink, index=False)
+    else:
+        frame.to_parquet(sink, index=False)
+    return sink.getvalue()
+
+
+def _from_bytes(data: bytes, suffix: str) -> pd.DataFrame:
+    source = io.BytesIO(data)
+    return pd.read_csv(source) if suffix == ".csv" else pd.read_parquet(source)
+
+
+@pytest.mark.parametrize(("inp", "out"), [(".csv", ".parquet"), (".parquet", ".csv")])
+def test_s3_table_in_and_out_matches_local_files(
+    home: Path, table_model: Exported, bucket: S3Bucket, inp: str, out: str
+) -> None:
+    """A table read from the bucket and the predictions written back equal the local run's;
+    the bucket then holds the input and the output, nothing else."""
+    frame = _table_frame(table_model)
+    bucket.put(f"in{inp}", _to_bytes(frame, inp))
+    (home / f"in{inp}").write_bytes(_to_bytes(frame, inp))
+    run_score(str(table_model.path), str(home / f"in{inp}"), str(home / f"local{out}"),
+              show_progress=False)  # fmt: skip
+    outcome = run_score(
+        str(table_model.path), bucket.uri(f"in{inp}"), bucket.uri(f"scored/out{out}"),
+        show_progress=False,
+    )  # fmt: skip
+    assert outcome.output == bucket.uri(f"scored/out{out}") and outcome.rows == 40
+    got = _from_bytes(bucket.get(f"scored/out{out}"), out)
+    local = (
+        pd.read_csv(home / f"local{out}")
+        if out == ".csv"
+        else pd.read_parquet(home / f"local{out}")
+    )
+    pd.testing.assert_frame_equal(got, local)
+    assert list(got["id"]) == list(frame["id"])
+    assert bucket.keys() == [f"in{inp}", f"scored/out{out}"]
+
+
+def test_s3_npz_and_image_prefix(home: Path, image_model: Exported, bucket: S3Bucket) -> None:
+    """An .npz object and a prefix of PNG objects (other objects and sub-prefixes under it
+    ignored, as a local folder's) score as the model does on the same arrays."""
+    x = image_model.result.data.x_test[:12]
+    expected = _onnx(image_model, x)
+    sink = io.BytesIO()
+    np.savez(sink, x=x, ids=np.arange(700, 712))
+    bucket.put("arrays/digits.npz", sink.getvalue())
+    run_score(str(image_model.path), bucket.uri("arrays/digits.npz"),
+              bucket.uri("npz.parquet"), show_progress=False)  # fmt: skip
+    got = pd.read_parquet(io.BytesIO(bucket.get("npz.parquet")))
+    assert list(got["id"]) == list(range(700, 712))
+    np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), expected, atol=1e-5)
+
+    for i, img in enumerate(x):
+        png = io.BytesIO()
+        Image.fromarray(img[0].astype(np.uint8), mode="L").save(png, format="PNG")
+        bucket.put(f"pngs/img{i:02d}.png", png.getvalue())
+    bucket.put("pngs/README.txt", b"not an image")
+    bucket.put("pngs/older/big.png", b"not read: below a sub-prefix")
+    outcome = run_score(str(image_model.path), bucket.uri("pngs/"), bucket.uri("pngs.csv"),
+                        show_progress=False)  # fmt: skip
+    assert outcome.rows == 12
+    got = pd.read_csv(io.BytesIO(bucket.get("pngs.csv")))
+    assert got["file"].tolist() == [f"img{i:02d}.png" for i in range(12)]
+    np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), expected, atol=1e-5)
+    # Without the trailing slash the prefix is found the same way.
+    run_score(str(image_model.path), bucket.uri("pngs"), bucket.uri("again.csv"),
+              show_progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(bucket.get("again.csv"))), got)
+
+
+def test_s3_bad_rows_are_reported_and_nothing_is_written(
+    table_model: Exported, bucket: S3Bucket
+) -> None:
+    """The whole object is validated before a row is scored; the output key never appears."""
+    frame = _table_frame(table_model).astype({"mean radius": object})
+    frame.loc[3, "mean radius"] = "abc"
+    bucket.put("in.csv", _to_bytes(frame, ".csv"))
+    with pytest.raises(ScoringInputError, match=r"in\.csv: bad rows.*'abc'.*line 5"):
+        run_score(str(table_model.path), bucket.uri("in.csv"), bucket.uri("out.csv"),
+                  show_progress=False)  # fmt: skip
+    assert bucket.keys() == ["in.csv"]
+
+
+def _bad_s3_cases(bucket: S3Bucket) -> list[tuple[str, str, str]]:
+    """(input, output, the error's text): each one line, raised before anything is written."""
+    uri = bucket.uri
+    return [
+        ("s3://no-such-bucket/in.csv", uri("o.csv"), "bucket 'no-such-bucket' does not exist"),
+        (uri("nope.csv"), uri("o.csv"), f"{uri('nope.csv')}: no such object in bucket 'scoring'"),
+        (uri("empty/"), uri("o.csv"), f"{uri('empty/')}: no objects under this prefix"),
+        ("s3:///in.csv", uri("o.csv"), "names no bucket; expected s3://BUCKET/KEY"),
+        ("s3://", uri("o.csv"), "names no bucket"),
+        (uri("in.csv"), uri("o.txt"), "expected a .csv or .parquet file name"),
+        (uri("in.csv"), uri("results/"), "expected a .csv or .parquet file name"),
+        (uri("in.csv"), "s3:///o.csv", "names no bucket"),
+        (uri("in.csv"), "s3://no-such-bucket/o.csv", "bucket 'no-such-bucket' does not exist"),
+        (uri("in.txt"), uri("o.csv"), "unsupported input; expected .csv, .parquet, .npz"),
+        ("gs://elsewhere/in.csv", uri("o.csv"), "gs:// paths are not supported"),
+    ]
+
+
+def test_s3_bad_paths_are_one_line_and_write_nothing(
+    table_model: Exported, bucket: S3Bucket
+) -> None:
+    """A missing bucket, key or prefix, a path without a bucket, an output key with the wrong
+    suffix, or an object the scorer cannot read: one line naming it, the bucket unchanged."""
+    bucket.put("in.csv", _to_bytes(_table_frame(table_model), ".csv"))
+    bucket.put("in.txt", b"id,x\n1,2\n")
+    for source, target, message in _bad_s3_cases(bucket):
+        with pytest.raises(ScoringInputError) as exc:
+            run_score(str(table_model.path), source, target, show_progress=False)
+        text = str(exc.value)
+        assert message in text and "\n" not in text, (source, target, text)
+        assert bucket.keys() == ["in.csv", "in.txt"], (source, target)
+
+
+def test_s3_endpoint_that_does_not_answer_fails_fast(
+    table_model: Exported, bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the endpoint: one line saying so, in seconds (a few retries)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    with pytest.raises(ScoringInputError) as exc:
+        run_score(str(table_model.path), bucket.uri("in.csv"), bucket.uri("o.csv"),
+                  show_progress=False)  # fmt: skip
+    took = time.monotonic() - start
+    text = str(exc.value)
+    assert text.startswith(f"{bucket.uri('in.csv')}: the S3 endpoint could not be reached"), text
+    assert "\n" not in text and took < 20, (took, text)
+
+
+def test_s3_without_credentials_says_so(
+    table_model: Exported, bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keys anywhere: the server refuses the unsigned request, and the line says no
+    credentials are set and which to set; nothing is written."""
+    bucket.put("in.csv", _to_bytes(_table_frame(table_model), ".csv"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ScoringInputError) as exc:
+        run_score(str(table_model.path), bucket.uri("in.csv"), bucket.uri("o.csv"),
+                  show_progress=False)  # fmt: skip
+    text = str(exc.value)
+    assert "no S3 credentials are set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in text, text
+    assert "\n" not in text
+    assert bucket.keys() == ["in.csv"]
+
+
+def test_s3_on_the_command_line(table_model: Exported, bucket: S3Bucket) -> None:
+    """`neuroserve score` prints where the output went; a missing key is one red line."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    bucket.put("in.csv", _to_bytes(_table_frame(table_model), ".csv"))
+    ok = runner.invoke(app, ["score", str(table_model.path), "--input", bucket.uri("in.csv"),
+                             "--output", bucket.uri("out.csv")])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert "scored 40 rows" in ok.stdout and f"-> {bucket.uri('out.csv')}" in ok.stdout
+    bad = runner.invoke(app, ["score", str(table_model.path), "--input", bucket.uri("no.csv"),
+                              "--output", bucket.uri("out2.csv")])  # fmt: skip
+    assert bad.exit_code == 2, bad.output
+    line = bad.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in bad.output, bad.output
+    assert line.startswith("error:") and "no such object" in line, line
+    assert bucket.keys() == ["in.csv", "out.csv"]
+
+
+def test_s3_refused_upload_after_scoring_leaves_no_object(
+    table_model: Exported, bucket: S3Bucket
+) -> None:
+    """The bucket exists but refuses the write (its policy): the error comes after scoring, as
+    one line, and no object, partial or whole, appears at the key."""
+    bucket.put("in.csv", _to_bytes(_table_frame(table_model), ".csv"))
+    target = bucket.uri(f"{READ_ONLY}/out.parquet")
+    with pytest.raises(ScoringInputError) as exc:
+        run_score(str(table_model.path), bucket.uri("in.csv"), target, show_progress=False)
+    text = str(exc.value)
+    assert text.startswith(f"{target}: writing failed") and "ACCESS_DENIED" in text, text
+    assert "\n" not in text
+    assert bucket.keys() == ["in.csv"]
