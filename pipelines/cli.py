@@ -798,12 +798,16 @@ def score(
         typer.Option(
             "--input",
             "-i",
-            help="CSV/Parquet table or series, .npz, or image folder.",
+            help="CSV/Parquet table or series, .npz, or image folder; local or s3://BUCKET/KEY "
+            "(s3://BUCKET/PREFIX/ for images).",
             show_default=False,
         ),
     ],
     output: Annotated[
-        str, typer.Option("--output", "-o", help="Output .csv or .parquet.", show_default=False)
+        str,
+        typer.Option(
+            "--output", "-o", help="Output .csv or .parquet, local or s3://.", show_default=False
+        ),
     ],
     batch_size: Annotated[
         int, typer.Option(help="Rows per ONNX Runtime call.", min=1)
@@ -828,7 +832,10 @@ def score(
         typer.Option(help="Column holding row ids to keep.", show_default="id/row_id/... if any"),
     ] = None,
 ) -> None:
-    """Score a file in chunks with ONNX Runtime; keep row ids, add predictions."""
+    """Score a file in chunks with ONNX Runtime; keep row ids, add predictions.
+
+    s3:// paths use the AWS_* keys and the endpoint in AWS_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL.
+    """
     bootstrap()
     from pipelines import registry
     from pipelines.score import run_score
