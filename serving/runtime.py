@@ -170,10 +170,17 @@ def _provider_library_loads(provider: str) -> tuple[bool, str]:
 def device_error(provider: str, why: str) -> str:
     """The one-line reason a ``device="cuda"`` session is refused."""
     cuda, cudnn = expected_gpu_versions()
+    package = getattr(ort, "package_name", "") or "onnxruntime"
+    if cuda == "?":  # the CPU wheel: no CUDA version recorded, no CUDA provider inside
+        needs = f"this {package} {ort.__version__} is not a CUDA build (install onnxruntime-gpu"
+    else:
+        needs = (
+            f"this {package} {ort.__version__} expects CUDA {cuda}.x and cuDNN {cudnn}.x "
+            "(install them"
+        )
     return (
-        f"device cuda: {provider} cannot run here: {why}; this onnxruntime "
-        f"{ort.__version__} expects CUDA {cuda}.x and cuDNN {cudnn}.x (install them, or serve "
-        "with --device auto or --device cpu)"
+        f"device cuda: {provider} cannot run here: {why}; {needs}, or serve with --device auto "
+        "or --device cpu)"
     )
 
 
