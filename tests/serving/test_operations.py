@@ -255,7 +255,7 @@ def test_workers_share_the_port_and_stop_cleanly(model_repo):
         [
             "--model-repository", str(model_repo), "--model", "classifier",
             "--grpc-port", str(port), "--http-port", "0", "--metrics-port", str(metrics_port),
-            "--workers", "2", "--intra-op-threads", "1",
+            "--workers", "2", "--intra-op-threads", "1", "--worker-gpus", "3,5",
         ]
     )  # fmt: skip
     try:
@@ -264,6 +264,13 @@ def test_workers_share_the_port_and_stop_cleanly(model_repo):
             m.group(1) for line in lines if (m := re.search(r"pid=(\d+) event=server_ready", line))
         }
         assert len(pids) == 2
+        # each worker sees one GPU of --worker-gpus (CUDA_VISIBLE_DEVICES), dealt round-robin
+        gpus = {
+            m.group(1): m.group(2)
+            for line in lines
+            if (m := re.search(r"event=worker_started index=(\d) pid=\d+ gpu=(\d)", line))
+        }
+        assert gpus == {"0": "3", "1": "5"}, lines
         for _ in range(8):  # fresh connections land on either worker
             with InferenceClient(f"127.0.0.1:{port}") as client:
                 assert client.predict("classifier", X).shape == (1, 3)
@@ -277,6 +284,8 @@ def test_workers_share_the_port_and_stop_cleanly(model_repo):
             text,
         )
         assert match and float(match.group(1)) == 8
+        # the provider label survives the workers' shared multiprocess files
+        assert re.search(r'neuroserve_batch_size_sum\{model="classifier",provider="\w+"\} 8', text)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
