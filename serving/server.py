@@ -373,9 +373,10 @@ def _free_port(host: str) -> int:
 def run(settings: Settings) -> int:
     """Run the server (``settings.workers`` processes); return the process exit code."""
     configure(settings.log_level)
+    if settings.workers == 1:
+        _pin_gpu(settings, 0)  # before anything touches CUDA
     require_device(settings.device, settings.providers)  # once, before any worker starts
     if settings.workers == 1:
-        _pin_gpu(settings, 0)
         asyncio.run(serve(settings))
         return 0
     # Every worker binds the same ports, so a port left to the system (0) is picked here, once.
