@@ -33,7 +33,7 @@ from typer.core import TyperCommand
 
 from pipelines.settings import DEFAULT_BATCH_SIZE, DEFAULT_DRIFT_SHARE
 from training.catalog import BUILTIN_DATASETS, KIND_INPUTS
-from training.spec import ACTIVATIONS, OPTIMIZERS, POOLS, SCHEDULES, TrainSpec
+from training.spec import ACTIVATIONS, DEVICES, OPTIMIZERS, POOLS, SCHEDULES, TrainSpec
 
 app = typer.Typer(
     name="neuroserve",
@@ -219,6 +219,22 @@ PointerOption = Annotated[
         help="lstm/gru on text: a pointer cache that can copy a word seen in the window.",
         show_default=PER_DATA,
         rich_help_panel=ARCHITECTURE,
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        help=f"Where to train: {_one_of(DEVICES)} (auto = CUDA when torch sees a GPU; cuda "
+        "without one is an error before anything is recorded).",
+        rich_help_panel=TRAINING,
+    ),
+]
+AmpOption = Annotated[
+    bool,
+    typer.Option(
+        "--amp/--no-amp",
+        help="Mixed precision: bf16 autocast on CUDA (off on the CPU, and the run says so).",
+        rich_help_panel=TRAINING,
     ),
 ]
 
@@ -450,6 +466,8 @@ def train(
     embed: EmbedOption = None,
     tied: TiedOption = None,
     pointer: PointerOption = None,
+    device: DeviceOption = SPEC_DEFAULTS["device"],
+    amp: AmpOption = SPEC_DEFAULTS["amp"],
     name: Annotated[
         str | None,
         typer.Option(help="Registered model name.", show_default="<data set>-<kind>"),
@@ -477,6 +495,11 @@ def train(
     ):
         return
     bootstrap()
+    from training.device import check
+
+    # --device cuda without a GPU: one red line before a flow run or an MLflow run exists (torch
+    # loads while the Prefect server bootstrap() may have started comes up).
+    check(spec.device, spec.amp)
     from pipelines.flows import train_flow
 
     outcome = run_flow(train_flow, spec.to_dict(), model_name=name, promote=promote, progress=True)
@@ -494,8 +517,8 @@ def _train_distributed(
     """
     from training import distributed
 
-    world = distributed.world_from_env()
-    count = distributed.check_nproc(nproc, world)
+    world = distributed.world_from_env(spec.device)  # its backend follows --device
+    count = distributed.check_nproc(nproc, world, spec.device)
     if world is None and count == 1:
         return False
     resolved = spec.resolved()
@@ -575,6 +598,8 @@ def compare(
     embed: EmbedOption = None,
     tied: TiedOption = None,
     pointer: PointerOption = None,
+    device: DeviceOption = SPEC_DEFAULTS["device"],
+    amp: AmpOption = SPEC_DEFAULTS["amp"],
     name: Annotated[
         str | None,
         typer.Option(help="Experiment (model) name.", show_default="<data set>-<kind>"),
