@@ -9,8 +9,9 @@ One concept, three places it shows up:
   launcher collected (processes that only stopped because another one failed are not the cause).
 * **The world** (:class:`World`, :func:`join`): every process started by torchrun (ours, or the
   user's own ``torchrun`` on several nodes) reads its rank from the environment, joins the
-  process group (NCCL with one GPU per process where CUDA is available, gloo on CPU cores) and
-  trains. Global rank 0 runs the whole flow (MLflow, export, gate); the others only train.
+  process group (NCCL with one GPU per process when the run trains on CUDA, gloo on CPU cores:
+  ``training.device`` decides from the spec's ``--device``) and trains. Global rank 0 runs the
+  whole flow (MLflow, export, gate); the others only train.
 * **The loop** (``training.loop.fit`` asks :func:`current`): the module is wrapped in DDP, each
   process reads its shard of every epoch through ``DistributedSampler`` with
   ``batch_size / world_size`` samples of every global batch (so the spec's batch size and
@@ -81,9 +82,12 @@ class LaunchError(TrainingError):
         self.printed = printed
 
 
-def default_backend() -> str:
-    """NCCL when CUDA is there (one GPU per process), gloo on CPU cores: the one rule."""
-    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+def default_backend(device: str | None = "auto") -> str:
+    """NCCL when the run trains on CUDA (one GPU per process), gloo on CPU cores: the rule is
+    ``training.device.backend_for``'s, so ``--device cpu`` on a GPU machine trains with gloo."""
+    from training.device import backend_for
+
+    return backend_for(device)
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,11 @@ class World:
         return torch.device("cpu")
 
 
-def world_from_env() -> World | None:
-    """The world torchrun (or any launcher setting its variables) put this process in; else None."""
+def world_from_env(device: str | None = "auto") -> World | None:
+    """The world torchrun (or any launcher setting its variables) put this process in; else None.
+
+    ``device`` is the spec's device policy, which decides the backend (``default_backend``).
+    """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     world_size = int(os.environ["WORLD_SIZE"])
@@ -114,6 +121,7 @@ def world_from_env() -> World | None:
         world_size=world_size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+        backend=default_backend(device),
     )
 
 
@@ -125,12 +133,13 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_nproc(nproc: int | None, world: World | None = None) -> int:
+def check_nproc(nproc: int | None, world: World | None = None, device: str | None = "auto") -> int:
     """The number of processes to start on this machine; a bad ``--nproc`` is a ``SpecError``.
 
     Under torchrun the processes already exist: ``--nproc`` may be left out, or must match
-    torchrun's processes per node. Otherwise it must be at least 1, at most one per GPU when CUDA
-    is available (NCCL cannot share a GPU between ranks) and at most one per CPU core without.
+    torchrun's processes per node. Otherwise it must be at least 1, at most one per GPU when the
+    run trains on CUDA (``device``; NCCL cannot share a GPU between ranks) and at most one per
+    CPU core without.
     """
     if world is not None:
         if nproc is not None and nproc != world.local_world_size:
@@ -148,13 +157,13 @@ def check_nproc(nproc: int | None, world: World | None = None) -> int:
         )
     if nproc == 1:
         return 1
-    if default_backend() == "nccl":
+    if default_backend(device) == "nccl":
         gpus = torch.cuda.device_count()
         if nproc > gpus:
             raise SpecError(
                 f"--nproc {nproc} but this machine has {gpus} GPU(s): on GPUs each process "
-                f"trains on its own GPU (NCCL); use --nproc {gpus}, or hide the GPUs "
-                "(CUDA_VISIBLE_DEVICES=) to train on CPU cores with gloo"
+                f"trains on its own GPU (NCCL); use --nproc {gpus}, or --device cpu to train on "
+                "CPU cores with gloo"
             )
         return nproc
     cores = _cpu_cores()

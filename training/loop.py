@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from training import device as devices
 from training import distributed
 from training.callbacks import Callback, is_improvement
 from training.errors import SpecError
@@ -49,6 +50,8 @@ class LoopConfig:
     higher_is_better: bool = False
     tie_breaker: str | None = "val_loss"
     plateau_patience: int = 2  # epochs without improvement before "plateau" halves the rate
+    device: str = "cpu"  # a torch device ("cpu", "cuda:0"); a process group's own wins
+    amp: bool = False  # bf16 autocast on CUDA (training.device.autocast)
 
 
 @dataclass
@@ -204,14 +207,22 @@ def fit(
     In a process group (``training.distributed``) it trains data-parallel: DDP over this
     process's shard, validation on rank 0 only, rank 0's logs and stop decision on every rank,
     the same seed and world size giving the same result. The model ends on the CPU either way.
+
+    On a GPU ``x`` and ``y`` are moved there once when they fit (``training.device.fits_on``),
+    so a step indexes device memory instead of copying its batch from the host; ``config.amp``
+    runs the forward pass and loss under bf16 autocast. On the CPU neither changes anything.
     """
     n = int(x.shape[0])
     if n == 0:
         raise SpecError("no training samples; the data split left the training set empty")
     world = distributed.current()
     shard = _Shard(n, config, world)
-    device = world.device if world is not None else torch.device("cpu")
+    device = world.device if world is not None else torch.device(config.device)
     model.to(device)
+    resident = devices.fits_on(device, x, y)
+    if resident:  # once, not per batch (a no-op on the CPU)
+        x, y = x.to(device), y.to(device)
+    cast = devices.autocast(device, config.amp)
     net: nn.Module = model
     if world is not None:
         from torch.nn.parallel import DistributedDataParallel
@@ -234,7 +245,8 @@ def fit(
         "optimizer": config.optimizer,
         "lr": config.lr,
         "world_size": world.world_size if world is not None else 1,
-        "device": str(device),
+        **devices.describe(device, config.amp),
+        "data_on_device": resident,
     }
     if world is not None:
         info.update(backend=world.backend, batch_size_per_process=shard.batch_size)
@@ -253,15 +265,18 @@ def fit(
         model.train()
         if callable(reset_state):
             reset_state()
-        order = shard.order(epoch, generator)
+        order = shard.order(epoch, generator).to(x.device)
         losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
         with shard.talking():
             for i in range(0, len(order), shard.batch_size):
                 shard.check_stop()
                 idx = order[i : i + shard.batch_size]
-                xb, yb = x[idx].to(device), y[idx].to(device)
+                xb, yb = x[idx], y[idx]
+                if not resident:
+                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(xb), yb)
+                with cast:
+                    loss = loss_fn(net(xb), yb)
                 loss.backward()
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import device as devices
 from training import distributed
 from training.baselines import run_baselines
 from training.callbacks import Callback, EarlyStopping
@@ -91,12 +92,17 @@ def fit_spec(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> Fitted:
     first (a first download lands once in the cache), all ranks build the same initial weights
     from the spec's seed, then reseed with ``seed + rank`` so dropout and augmentation differ
     between shards, reproducibly for a given world size.
+
+    The device is resolved first (``training.device.resolve``): ``--device cuda`` on a machine
+    without a GPU is a ``DeviceError`` before any data is read. In a process group the group's
+    device wins (``training.distributed`` chose its backend from the same spec).
     """
     spec.validate()
     spec = spec.resolved()
     assert spec.epochs is not None and spec.batch_size is not None and spec.lr is not None
     assert spec.weight_decay is not None and spec.schedule is not None
     world = distributed.current()
+    device = world.device if world is not None else devices.check(spec.device, spec.amp)
     with distributed.rank_zero_first(world):
         data = load_dataset(spec)
     torch.manual_seed(spec.seed)
@@ -105,11 +111,12 @@ def fit_spec(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> Fitted:
         torch.manual_seed(spec.seed + world.rank)
     monitor, mon_higher = monitored_metric(data.task)
     x_val = torch.from_numpy(data.x_val)
+    if devices.fits_on(device, x_val):
+        x_val = x_val.to(device)  # once: every epoch validates on it
 
     def validate(_: nn.Module) -> dict[str, float]:
         net = plan.predictor.net
-        device = next(net.parameters()).device  # where the loop trains it (a GPU under NCCL)
-        logits = _batched(net, x_val.to(device)).cpu()
+        logits = _batched(lambda xb: net(xb.to(device)), x_val).cpu()
         y_val = torch.from_numpy(data.y_val)
         out: dict[str, float] = {"val_loss": float(plan.val_loss_fn(logits, y_val))}
         scores = evaluate(data.task, data.y_val, plan.predictor.head(logits).numpy())
@@ -129,6 +136,8 @@ def fit_spec(spec: TrainSpec, callbacks: Sequence[Callback] = ()) -> Fitted:
         shuffle=plan.shuffle,
         monitor=monitor,
         higher_is_better=mon_higher,
+        device=str(device),
+        amp=bool(spec.amp),
     )
     fitted = fit(
         plan.train_module,

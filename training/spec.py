@@ -18,6 +18,7 @@ from training.errors import SpecError
 __all__ = [
     "ACTIVATIONS",
     "CHOICES",
+    "DEVICES",
     "OPTIMIZERS",
     "POOLS",
     "SCHEDULES",
@@ -30,6 +31,10 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "plateau")
 POOLS: tuple[str, ...] = ("max", "avg", "none")
+#: Where a run trains: ``auto`` is CUDA when torch sees a GPU, else the CPU; ``cuda`` insists.
+#: The spec keeps the request, not its outcome, so a spec stays portable between machines; what
+#: a run really used is recorded beside it (``training.device.describe``).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: The input kinds each architecture field shapes; set on any other, it is a mistake, not a no-op.
 FIELD_INPUTS: dict[str, tuple[str, ...]] = {
     "hidden": ("table", "series", "text"),
@@ -80,6 +85,9 @@ class TrainSpec:
     embed: int | None = None  # text RNN embedding size
     tied: bool | None = None  # text RNN: output layer shares the embedding's weights
     pointer: bool | None = None  # text RNN: a cache that can copy a word from the window
+    # Where and how: the device policy (DEVICES) and bf16 autocast on CUDA (training.device).
+    device: str = "auto"
+    amp: bool = False
 
     def validate(self) -> None:
         """Raise ``SpecError`` naming the first field that cannot work and what it accepts.
@@ -174,6 +182,9 @@ class TrainSpec:
                 else defaults["weight_decay"]
             ),
             schedule=self.schedule if self.schedule is not None else defaults["schedule"],
+            # None comes from compare's ``--vary device=default``: the field's own default.
+            device=self.device if self.device is not None else TrainSpec.device,
+            amp=self.amp if self.amp is not None else TrainSpec.amp,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,13 +222,14 @@ _INT_FIELDS = {"epochs", "batch_size", "seed", "patience", "window", "limit", "k
 _FLOAT_FIELDS = {"lr", "weight_decay", "dropout"}
 #: Fields holding layer sizes (tuples of ints); the CLI parses their text the same way.
 SIZES_FIELDS: tuple[str, ...] = ("hidden", "conv", "dense")
-_BOOL_FIELDS = ("batch_norm", "augment", "tied", "pointer")
+_BOOL_FIELDS = ("batch_norm", "augment", "tied", "pointer", "amp")
 #: Fields whose value is one of a fixed tuple; ``validate`` and text coercion both use it.
 CHOICES = {
     "optimizer": OPTIMIZERS,
     "activation": ACTIVATIONS,
     "schedule": SCHEDULES,
     "pool": POOLS,
+    "device": DEVICES,
 }
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

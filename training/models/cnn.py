@@ -176,7 +176,8 @@ def random_affine(
 
     Fractions of the image size, so the same setting suits 8x8 and 64x64 images; pixels from
     outside the frame repeat the border (black for digits, the edge colour for photos, never a
-    made-up frame). Uses the global torch RNG, so a seeded run stays reproducible.
+    made-up frame). Uses the global (CPU) torch RNG wherever ``x`` is, so a seeded run draws the
+    same warps on a GPU as on the CPU; only the small ``[n, 2, 3]`` matrices move to ``x``'s device.
     """
     n = x.shape[0]
     angle = (torch.rand(n) * 2 - 1) * math.radians(max_rotation)
@@ -185,6 +186,6 @@ def random_affine(
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    ).to(x.dtype)
+    ).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
