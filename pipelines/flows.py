@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 import training
 from pipelines import figures, gate, listing, registry, settings, specs, tracking
 from pipelines.errors import GateError, PipelineError
+from training.device import check as check_device
 from training.export import PARITY_TOLERANCE
 
 #: Retries for tasks that touch MLflow or files (read once, at import).
@@ -572,9 +573,17 @@ def _export_and_register(
         raise PipelineError(f"ONNX export of {name} failed its parity check: {exc}") from exc
     parity = float(report.max_diff)
     tracking.log_metrics(
-        client, run_id, {"parity_max_diff": parity, "onnx_size_bytes": report.size_bytes}
+        client,
+        run_id,
+        {
+            "parity_max_diff": parity,
+            "onnx_size_bytes": report.size_bytes,
+            **tracking.provider_parity_metrics(report),
+        },
     )
     client.set_tag(run_id, "neuroserve.parity", "passed")
+    for key, value in tracking.provider_parity_tags(report).items():
+        client.set_tag(run_id, key, value)
     model_uri = log_model(uri, run_id, onnx_path, np.asarray(result.data.x_test[:2]))
     version_tags = {
         "neuroserve.data_sha256": str(result.data.sha256),
@@ -624,6 +633,8 @@ def train_flow(
     spec = specs.spec_from_dict(spec_dict)
     name = model_name or specs.default_model_name(str(spec.kind), str(spec.data))
     spec_dict = spec.to_dict()
+    # --device cuda without a GPU (e.g. a retrain on a CPU worker): one line, nothing recorded.
+    check_device(spec.device, spec.amp)
     uri = open_tracking()
     describe_data(spec_dict)
     experiment_id, run_id = start_run(uri, name, spec_dict, run_name=f"{name}-train")

@@ -170,6 +170,42 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def provider_parity_metrics(report: training.ExportReport) -> dict[str, float]:
+    """ONNX parity on each provider beyond the CPU's (``parity_max_diff.cuda``): the GPU the
+    model may be served on, measured where its provider really loaded."""
+    from training.export import CPU_PROVIDER
+
+    return {
+        f"parity_max_diff.{_provider_key(provider)}": float(diff)
+        for provider, diff in report.provider_diffs.items()
+        if provider != CPU_PROVIDER
+    }
+
+
+def provider_parity_tags(report: training.ExportReport) -> dict[str, str]:
+    """``neuroserve.parity.<provider>``: passed, over tolerance, or why it was not measured.
+
+    Only the CPU provider's parity gates a version; these say how the GPU provider compares.
+    """
+    from training.export import CPU_PROVIDER, PARITY_TOLERANCE
+
+    tags = {
+        f"neuroserve.parity.{_provider_key(provider)}": (
+            "passed" if diff <= PARITY_TOLERANCE else f"over tolerance ({diff:.3g})"
+        )
+        for provider, diff in report.provider_diffs.items()
+        if provider != CPU_PROVIDER
+    }
+    for provider, note in report.provider_notes.items():
+        tags[f"neuroserve.parity.{_provider_key(provider)}"] = f"not measured: {note}"[:5000]
+    return tags
+
+
+def _provider_key(provider: str) -> str:
+    """``CUDAExecutionProvider`` -> ``cuda``."""
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
 def spec_json(spec: training.TrainSpec) -> str:
     """The spec as stable JSON: stored on runs and versions so retraining can rebuild it."""
     return json.dumps(spec.to_dict(), sort_keys=True, default=str)

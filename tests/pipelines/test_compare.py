@@ -125,6 +125,8 @@ def test_every_spec_field_but_the_frame_is_variable() -> None:
         "embed": ("16,32", [16, 32]),
         "tied": ("true,false", [True, False]),
         "pointer": ("false,true", [False, True]),
+        "device": ("cpu,auto", ["cpu", "auto"]),
+        "amp": ("true,false", [True, False]),
     }
     assert set(samples) == set(compare.VARYABLE)
     # An architecture field varies on a family it shapes (the spec rejects it elsewhere).
