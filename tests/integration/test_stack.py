@@ -428,29 +428,49 @@ def test_server_loads_champion_from_mlflow_and_hot_reloads_when_alias_moves(
     assert waited < 30, f"the alias move took {waited:.1f} s to be served"
 
 
-def test_score_reads_a_file_and_writes_predictions_with_the_champion(
+def test_score_reads_from_and_writes_to_the_bucket_with_the_champion(
     stack: Stack, server: Process
 ) -> None:
-    """``neuroserve score wine-fnn`` resolves @champion on the MLflow server, downloads it
-    through the proxy and writes one prediction per input row, ids kept, agreeing with the
-    server's answer for the same rows (score reads and writes files; it has no bucket paths)."""
+    """``neuroserve score wine-fnn --input s3://... --output s3://...`` with the S3 variables
+    the compose file gives the mlflow service (``MLFLOW_S3_ENDPOINT_URL`` and the MinIO keys, as
+    ``docker compose run -e ... prefect-worker neuroserve score`` would pass them): it resolves
+    @champion on the MLflow server, reads the CSV object, and puts one prediction per row, ids
+    kept, back in the bucket, agreeing with the server's answer for the same rows."""
+    import io
+
     import pandas as pd
     from sklearn.datasets import load_wine
 
     x, features = _wine_rows()
     frame = pd.DataFrame(x, columns=features)
     frame.insert(0, "id", [f"w{i}" for i in range(len(frame))])
-    source, target = stack.tmp / "score-in.csv", stack.tmp / "score-out.csv"
-    frame.to_csv(source, index=False)
-    out = _ok(stack.cli("score", MODEL, "--input", str(source), "--output", str(target)))
+    source, target = "scoring/wine.csv", "scoring/wine-scored.parquet"
+    stack.s3_client().put_object(
+        Bucket=stack.bucket, Key=source, Body=frame.to_csv(index=False).encode()
+    )
+    s3_env = {
+        key: value
+        for key, value in stack.addresses("mlflow").env(stack.compose.environment("mlflow")).items()
+        if key.startswith("AWS_") or key == "MLFLOW_S3_ENDPOINT_URL"
+    }
+    assert set(s3_env) == {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    out = _ok(stack.cli("score", MODEL, "--input", f"s3://{stack.bucket}/{source}",
+                        "--output", f"s3://{stack.bucket}/{target}", env=s3_env))  # fmt: skip
     champion = _champion(stack)
-    assert f"{MODEL} v{champion}" in out, out
-    scored = pd.read_csv(target)
+    assert f"{MODEL} v{champion}" in out and f"-> s3://{stack.bucket}/{target}" in out, out
+    assert sorted(k for k in _bucket_keys(stack) if k.startswith("scoring/")) == sorted(
+        [source, target]
+    )
+    body = stack.s3_client().get_object(Bucket=stack.bucket, Key=target)["Body"].read()
+    scored = pd.read_parquet(io.BytesIO(body))
     assert scored["id"].tolist() == frame["id"].tolist()
     version, served = _infer(stack, x)
     assert version == champion
     labels = [str(n) for n in load_wine().target_names]
     assert scored["label"].tolist() == [labels[i] for i in served.argmax(axis=1)]
+    np.testing.assert_allclose(
+        scored[[f"prob_{label}" for label in labels]].to_numpy(), served, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_worker_runs_the_retrain_deployment_from_prefect_yaml(
