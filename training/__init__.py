@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from training.catalog import BUILTIN_DATASETS
-from training.errors import DataError, ExportError, SpecError, TrainingError
+from training.errors import DataError, DeviceError, ExportError, SpecError, TrainingError
 from training.spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "Callback",
     "DataError",
     "DataSplit",
+    "DeviceError",
     "EarlyStopping",
     "ExportError",
     "ExportReport",
