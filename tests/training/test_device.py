@@ -112,7 +112,8 @@ def test_a_bad_device_flag_is_one_red_line() -> None:
     result = CliRunner().invoke(app, ["train", "fnn", "--data", "wine", "--device", "gpu"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown --device 'gpu'; expected one of: auto, cpu, cuda" in lines[0]
+    assert len(lines) == 1, result.stderr
+    assert "unknown --device 'gpu'; expected one of: auto, cpu, cuda" in lines[0]
 
 
 @no_gpu
