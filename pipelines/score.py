@@ -478,10 +478,9 @@ def write_output(frame: pd.DataFrame, path: str | Path) -> str:
 
 
 def _write_local(frame: pd.DataFrame, path: str | Path) -> Path:
+    """CSV or Parquet by suffix (checked by :func:`output_target`), renamed into place."""
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise ScoringInputError(f"output {p.name}: expected a .csv or .parquet file name")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     import pyarrow as pa
