@@ -8,7 +8,7 @@ upload, so the object appears only complete: S3 shows an object once its single 
 multipart upload's completion succeeds, and a failed upload is never completed.
 
 The endpoint and credentials are found by the same function the server's inference capture uses
-(:func:`serving.capture._s3_filesystem`: ``AWS_*`` credentials and region, the endpoint from
+(:func:`serving.capture.s3_filesystem`: ``AWS_*`` credentials and region, the endpoint from
 ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL``), so one set of
 variables configures the compose stack's MinIO for both. Every failure is a
 :class:`~pipelines.errors.ScoringInputError` naming the ``s3://`` path and what went wrong.
@@ -96,10 +96,10 @@ class ObjectStore:
     """The S3 API the environment points at, through ``pyarrow.fs``."""
 
     def __init__(self) -> None:
-        from serving.capture import _s3_filesystem
+        from serving.capture import s3_filesystem
 
         try:
-            self.fs: pafs.FileSystem = _s3_filesystem()
+            self.fs: pafs.FileSystem = s3_filesystem()
         except (OSError, ValueError) as exc:
             raise ScoringInputError(f"the S3 settings are unusable: {_one_line(exc)}") from None
 

@@ -719,7 +719,7 @@ class _Location:
         self.text = text
         self.s3 = text.startswith("s3://")
         if self.s3:
-            self.fs: pafs.FileSystem = _s3_filesystem()
+            self.fs: pafs.FileSystem = s3_filesystem()
             self.root = text[len("s3://") :].strip("/")
             if not self.root:
                 raise CaptureError(f"capture location {text!r} names no bucket")
@@ -735,10 +735,12 @@ class _Location:
         return f"s3://{path}" if self.s3 else path
 
 
-def _s3_filesystem() -> pafs.FileSystem:
+def s3_filesystem() -> pafs.FileSystem:
     """S3 with the endpoint and credentials boto3 and MLflow users already set: ``AWS_*``
     credentials and region, and an endpoint from ``AWS_ENDPOINT_URL_S3``,
-    ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL`` (MinIO in the compose stack)."""
+    ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL`` (MinIO in the compose stack). Public:
+    the one rule for reaching the bucket, which ``neuroserve score`` (pipelines/objects.py)
+    follows too."""
     env = os.environ
     options: dict[str, Any] = {"connect_timeout": 5.0, "request_timeout": 30.0}
     endpoint = next(
