@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt proto proto-check bench clean
+.PHONY: demo test lint fmt proto proto-check bench gpu-check gpu-stage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/neuroserve demo
 
 test: $(STAMP) proto-check lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,6 +35,15 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# On a machine with an NVIDIA GPU: tests marked gpu, MNIST on CUDA, the GPU serving benchmark,
+# the table into README.md (bench/gpu_check.sh says how; its own Python, not .venv's CPU torch).
+gpu-check:
+	bash bench/gpu_check.sh
+
+# Here, for a GPU machine without a registry: wheels packed and split per device call.
+gpu-stage: $(STAMP)
+	bash bench/gpu_stage.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
