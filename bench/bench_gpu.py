@@ -244,7 +244,7 @@ def raw_ort(model: Path, provider: str, rows: int, n: int) -> Cell | str:
     import onnxruntime as ort
 
     if provider == CUDA:
-        from serving.runtime import DeviceUnavailableError, require_device
+        from serving.devices import DeviceUnavailableError, require_device
 
         try:  # the server's own check: loads CUDA/cuDNN from pip's nvidia-* packages, or says why
             require_device("cuda")

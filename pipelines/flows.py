@@ -353,7 +353,8 @@ def log_model(uri: str, run_id: str, onnx_path: str, example: np.ndarray) -> str
     from mlflow.types import Schema, TensorSpec
 
     from serving.datatypes import NUMPY_OF
-    from serving.runtime import OnnxModel, select_providers
+    from serving.devices import select_providers
+    from serving.runtime import OnnxModel
 
     client = _client(uri)
     # The logged model belongs to the run's experiment (hence its artifact location), which

@@ -273,7 +273,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         ]
         print("invalid server settings:\n" + "\n".join(lines), file=sys.stderr)
         return 2
-    from serving.runtime import DeviceUnavailableError
+    from serving.devices import DeviceUnavailableError
 
     try:
         return run(settings)

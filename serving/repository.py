@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from serving.batching import Batcher, BatchingConfig, BatchObserver
+from serving.devices import TENSORRT, DeviceUnavailableError, GpuOptions
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -27,13 +28,7 @@ from serving.errors import (
     VersionNotFoundError,
 )
 from serving.logs import log_event
-from serving.runtime import (
-    TENSORRT,
-    DeviceUnavailableError,
-    GpuOptions,
-    OnnxRuntimeModel,
-    TensorSpec,
-)
+from serving.runtime import OnnxRuntimeModel, TensorSpec
 from serving.settings import Settings
 from serving.signature import ModelSignature
 from serving.sources import Candidate, ModelSource, validate_model_name

@@ -41,11 +41,11 @@ from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.auth import BearerTokenInterceptor, authorizer_of
 from serving.dataplane import DataPlane
+from serving.devices import DeviceUnavailableError, require_device
 from serving.errors import UNDECODABLE, MalformedRequestError
 from serving.logs import configure, log_event
 from serving.metrics import MetricsHTTPServer, ServerMetrics, multiprocess_enabled
 from serving.repository import Repository
-from serving.runtime import DeviceUnavailableError, require_device
 from serving.servicer import InferenceServicer
 from serving.settings import Settings
 from serving.sources import DirectorySource, MlflowSource, ModelSource

@@ -385,7 +385,7 @@ class Settings(BaseSettings):
         # serving/runtime.py holds the rule (and the provider names); imported only when the
         # two settings could contradict each other, so the defaults never import onnxruntime.
         if self.device != "auto" or self.providers:
-            from serving.runtime import check_device_providers
+            from serving.devices import check_device_providers
 
             check_device_providers(self.device, self.providers)
         return self

@@ -29,22 +29,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from serving import runtime
+from serving import devices, runtime
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving._proto import model_config_pb2 as mc
 from serving.cli import serve_main
+from serving.devices import CPU, CUDA, GPU_PROVIDERS, TENSORRT, DeviceUnavailableError, GpuOptions
 from serving.metrics import ServerMetrics
-from serving.runtime import (
-    CPU,
-    CUDA,
-    GPU_PROVIDERS,
-    TENSORRT,
-    DeviceUnavailableError,
-    GpuOptions,
-    OnnxModel,
-    OnnxRuntimeModel,
-)
+from serving.runtime import OnnxModel, OnnxRuntimeModel
 from serving.server import _pin_gpu, create_server
 from serving.settings import Settings
 from tests.serving import onnx_models
@@ -53,7 +45,7 @@ from tests.serving.helpers import infer_request
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Why CUDA's libraries do not load here ("" where they do): the real dynamic loader's answer.
-CUDA_WHY = runtime._library_error(CUDA)
+CUDA_WHY = devices.library_error(CUDA)
 without_cuda = pytest.mark.skipif(
     not CUDA_WHY, reason="CUDA's libraries load on this host: the refusal needs one without"
 )
@@ -156,15 +148,15 @@ def test_plan_joins_device_and_providers_by_one_rule(monkeypatch):
     def loads(provider: str) -> tuple[bool, str]:
         return True, ""
 
-    monkeypatch.setattr(runtime, "_provider_library_loads", loads)
-    plan = runtime.plan_providers
+    monkeypatch.setattr(devices, "_provider_library_loads", loads)
+    plan = devices.plan_providers
     assert plan("cpu").asked == (CPU,) and plan("cpu").required == ()
     assert plan("auto").asked == (CUDA, CPU) and plan("auto").required == ()
     assert plan("cuda").asked == (CUDA, CPU) and plan("cuda").required == (CUDA,)
     trt = plan("cuda", [TENSORRT, CUDA])
     assert trt.asked == (TENSORRT, CUDA, CPU) and trt.required == (TENSORRT, CUDA)
 
-    monkeypatch.setattr(runtime, "_provider_library_loads", lambda p: (p == CPU, "libgone.so.1"))
+    monkeypatch.setattr(devices, "_provider_library_loads", lambda p: (p == CPU, "libgone.so.1"))
     auto = plan("auto", [TENSORRT, CUDA])
     assert auto.asked == (CPU,)
     assert any("libgone.so.1" in note for note in auto.notes)
@@ -209,7 +201,7 @@ def test_strict_cuda_exits_with_one_line_on_a_host_without_cuda(repo, tmp_path, 
     reason = [line for line in result.stderr.splitlines() if line.startswith("neuroserve serve:")]
     assert len(reason) == 1, result.stderr
     missing_library = CUDA_WHY.split(":", 1)[0]
-    cuda, cudnn = runtime.expected_gpu_versions()
+    cuda, cudnn = devices.expected_gpu_versions()
     assert missing_library in reason[0]
     assert f"expects CUDA {cuda}.x and cuDNN {cudnn}.x" in reason[0]
     assert "model_loaded" not in result.stderr + result.stdout
@@ -220,7 +212,7 @@ def test_strict_cuda_exits_with_one_line_on_a_host_without_cuda(repo, tmp_path, 
 def hidden_cuda(monkeypatch) -> None:
     """Our library check says CUDA loads; ONNX Runtime then tries it for real and, unable to,
     builds the session on the CPU: the quiet fallback strict mode exists to catch."""
-    monkeypatch.setattr(runtime, "_provider_library_loads", lambda provider: (True, ""))
+    monkeypatch.setattr(devices, "_provider_library_loads", lambda provider: (True, ""))
 
 
 @without_cuda
@@ -308,8 +300,9 @@ def test_device_cpu_never_asks_for_a_gpu_library(repo, models, monkeypatch):
         assert provider not in GPU_PROVIDERS, f"--device cpu looked for {provider}"
         return True, ""
 
-    monkeypatch.setattr(runtime, "_provider_library_loads", forbidden)
-    monkeypatch.setattr(runtime, "_library_error", forbidden)
+    monkeypatch.setattr(devices, "_provider_library_loads", forbidden)
+    monkeypatch.setattr(devices, "library_error", forbidden)
+    monkeypatch.setattr(runtime, "library_error", forbidden)
     model = OnnxModel(models["cnn"], device="cpu")
     assert model.providers == [CPU] and model.binder is None and model.notes == ""
     thread = ServerThread(make_settings(repo, device="cpu")).start()
@@ -396,7 +389,7 @@ def test_warm_up_forms_every_batch_size_before_the_version_is_ready(models):
 
 
 def test_gpu_memory_report_says_how_or_why_not():
-    mib, how = runtime.process_gpu_memory_mib()
+    mib, how = devices.process_gpu_memory_mib()
     if mib is None:
         assert how and how not in {"nvml", "nvidia-smi"}
     else:
@@ -486,7 +479,7 @@ def test_served_on_cuda_the_label_says_so_and_nothing_runs_on_the_cpu(repo, cuda
 
 
 def _gpu_memory() -> float:
-    mib, how = runtime.process_gpu_memory_mib()
+    mib, how = devices.process_gpu_memory_mib()
     if mib is None:
         pytest.skip(f"GPU memory of this process cannot be read: {how}")
     return mib
@@ -524,7 +517,7 @@ def test_twenty_reloads_keep_gpu_memory_flat(wide_repo, cuda):
 
 @pytest.mark.gpu
 def test_tensorrt_engines_are_cached_across_restarts(models, cuda, tmp_path):
-    why = runtime._library_error(TENSORRT)
+    why = devices.library_error(TENSORRT)
     if why:
         pytest.skip(f"TensorRT's libraries do not load: {why}")
     options = GpuOptions(tensorrt_cache_dir=tmp_path / "trt")

@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from serving import runtime
+from serving import devices
 from serving.codecs import classify
-from serving.runtime import OnnxModel, select_providers
+from serving.devices import select_providers
+from serving.runtime import OnnxModel
 from serving.tokenizer import Tokenizer
 from serving.wire import deserialize_bytes_tensor, serialize_bytes_tensor
 from tests.serving import onnx_models
@@ -60,7 +61,7 @@ def test_provider_selection_falls_back_quietly(monkeypatch):
     chosen, _notes = select_providers()
     assert chosen[-1] == "CPUExecutionProvider"
     monkeypatch.setattr(
-        runtime, "_provider_library_loads", lambda p: (p == "CPUExecutionProvider", "libcuda gone")
+        devices, "_provider_library_loads", lambda p: (p == "CPUExecutionProvider", "libcuda gone")
     )
     chosen, notes = select_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
     assert chosen == ["CPUExecutionProvider"]
