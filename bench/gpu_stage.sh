@@ -5,6 +5,8 @@
 #   bench/gpu_stage.sh              # here, with a registry: download, install, pack, split
 #   bench/gpu_stage.sh --simulate   # then: the check's CPU half in an environment of exactly
 #                                   # the device image's packages plus the staged ones
+#   bench/gpu_stage.sh --take DIR   # after the device calls: the GPU section of DIR/README.md
+#                                   # (what the last call brought back) into README.md
 #
 # 1. `pip download` the [carry] wheels of bench/gpu_packages.txt for CPython 3.12 manylinux
 #    x86_64 into .gpu-stage/wheels (git-ignored through .git/info/exclude).
@@ -80,10 +82,27 @@ PYEOF
         2>/dev/null | grep -E "^\| (neuroserve|c=1|rows)" && echo "bench_gpu serve: ok"
 }
 
-if [[ "${1:-}" == "--simulate" ]]; then
-    simulate
-    exit 0
-fi
+take() {
+    # Only the block between the markers: the rest of README.md may have moved on meanwhile.
+    "$PY" - "$1/README.md" <<'PYEOF'
+import pathlib, sys
+begin, end = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+theirs = pathlib.Path(sys.argv[1]).read_text()
+block = begin + theirs.split(begin, 1)[1].split(end, 1)[0] + end
+ours = pathlib.Path("README.md")
+text = ours.read_text()
+head, rest = text.split(begin, 1)
+ours.write_text(head + block + rest.split(end, 1)[1])
+print(block)
+PYEOF
+}
+
+case "${1:-}" in
+--simulate) simulate; exit 0 ;;
+--take) take "${2:?--take DIR: the folder the device call brought its files back to}"; exit 0 ;;
+"") ;;
+*) echo "gpu_stage.sh: unknown argument $1 (expected --simulate or --take DIR)" >&2; exit 2 ;;
+esac
 
 exclude="$(git rev-parse --git-path info/exclude)"
 mkdir -p "$(dirname "$exclude")"
