@@ -610,8 +610,13 @@ def compare(
     bootstrap()  # before Prefect is imported (pipelines.compare imports it)
     from pipelines import compare as compare_mod
 
-    # Checked before anything runs: unknown parameters or values are one red line.
-    compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary], seeds)
+    # Checked before anything runs: unknown parameters or values are one red line, and so is a
+    # variant on --device cuda without a GPU.
+    todo = compare_mod.variants(spec, [compare_mod.parse_vary(v) for v in vary], seeds)
+    from training.device import check
+
+    for _, variant in todo:
+        check(variant.device, variant.amp)
 
     outcome = run_flow(
         compare_mod.compare_flow,
