@@ -129,10 +129,16 @@ def test_cuda_without_a_gpu_fails_before_any_data_is_read() -> None:
 
 @no_gpu
 def test_cuda_without_a_gpu_is_one_red_line_and_records_nothing(tmp_path: Path) -> None:
+    """train, train --nproc (the launcher's check) and a compare variant alike."""
     home = tmp_path / "home"
-    for extra in ([], ["--nproc", "2"]):
+    commands = [
+        ["train", "fnn", "--data", "wine", "--device", "cuda"],
+        ["train", "fnn", "--data", "wine", "--device", "cuda", "--nproc", "2"],
+        ["compare", "fnn", "--data", "wine", "--vary", "device=cpu,cuda"],
+    ]
+    for command in commands:
         start = time.perf_counter()
-        proc = _cli(home, "train", "fnn", "--data", "wine", "--device", "cuda", *extra)
+        proc = _cli(home, *command)
         assert time.perf_counter() - start < 60
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
