@@ -9,9 +9,9 @@ One module decides every device rule the loop, the launcher and the pipelines fo
   has unless it insisted on ``cuda``.
 * :func:`autocast`: ``--amp`` is bf16 autocast around the forward pass and loss on CUDA. bf16
   keeps float32's exponent range, so no loss scaling is needed and the weights, the validation
-  and the exported ONNX stay float32. On the CPU it is off and the run records so: there it
-  bought no speed (the digits CNN's steps took 0.95-1.03x as long under CPU bf16 autocast, on
-  cores that have bf16 instructions), so it would cost precision for nothing.
+  and the exported ONNX stay float32. On the CPU it is off and the run records so: measured
+  there, CPU bf16 autocast bought the built-in models no speed, so it would cost precision for
+  nothing.
 * :func:`fits_on`: training tensors that take at most ``RESIDENT_SHARE`` of the GPU's memory are
   moved there once before the first epoch (the built-in sets are a few MB), so no batch is copied
   from the host; larger ones are copied batch by batch.
