@@ -55,7 +55,9 @@ from bench_serving import (  # noqa: E402
     Row,
     _free_port,
     _median_rows,
+    _pin,
     progress,
+    run_load,
 )
 from serving_cnn import cnn_path  # noqa: E402
 
@@ -89,10 +91,6 @@ def _core_sets() -> tuple[str | None, str | None]:
 
 
 SERVER_CORES, LOAD_CORES = _core_sets()
-
-
-def _pin(cores: str | None, cmd: list[str]) -> list[str]:
-    return [TASKSET, "-c", cores, *cmd] if TASKSET and cores else cmd
 
 
 @contextlib.contextmanager
@@ -214,28 +212,7 @@ def _response_bytes(rows: int) -> bytes:
 
 def _load(target: str, request: Path, c: int, duration: float, warmup: float) -> dict[str, Any]:
     """One cell through bench/serving_load.py, pinned to the load cores."""
-    cmd = _pin(
-        LOAD_CORES,
-        [
-            PY,
-            str(BENCH / "serving_load.py"),
-            "--target",
-            target,
-            "--request",
-            str(request),
-            "--concurrency",
-            str(c),
-            "--duration",
-            str(duration),
-            "--warmup",
-            str(warmup),
-        ],
-    )
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, check=True, timeout=duration * 4 + 60
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_load(target, request, c, duration, cores=LOAD_CORES, warmup=warmup)
 
 
 def raw_ort(model: Path, provider: str, rows: int, n: int) -> Cell | str:

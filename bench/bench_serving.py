@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -141,26 +142,30 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load(config: str, target: str, request: Path, c: int, duration: float) -> Row:
-    cmd = _pin(
-        "1",
-        [
-            PY,
-            str(BENCH / "serving_load.py"),
-            "--target",
-            target,
-            "--request",
-            str(request),
-            "--concurrency",
-            str(c),
-            "--duration",
-            str(duration),
-        ],
-    )
+def run_load(
+    target: str,
+    request: Path,
+    c: int,
+    duration: float,
+    cores: str | None = "1",
+    warmup: float | None = None,
+) -> dict[str, Any]:
+    """One cell through serving_load.py pinned to ``cores``: its JSON summary (p50/p99 ms,
+    throughput, errors)."""
+    args = ["--target", target, "--request", str(request), "--concurrency", str(c)]
+    args += ["--duration", str(duration)]
+    if warmup is not None:
+        args += ["--warmup", str(warmup)]
+    cmd = _pin(cores, [PY, str(BENCH / "serving_load.py"), *args])
     out = subprocess.run(
         cmd, capture_output=True, text=True, check=True, timeout=duration * 4 + 60
     ).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def load(config: str, target: str, request: Path, c: int, duration: float) -> Row:
+    r = run_load(target, request, c, duration)
     return Row(config, c, r["p50_ms"], r["p99_ms"], r["throughput"], r["errors"])
 
 

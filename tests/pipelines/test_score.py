@@ -6,9 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -25,7 +22,7 @@ from PIL import Image
 from pipelines.errors import ScoringInputError
 from pipelines.score import MAX_CHUNK_BATCHES, _stored_member, plan_chunks, run_score
 from serving.runtime import OnnxModel, usable_cores
-from tests.integration.stack import free_port, wait_until
+from tests.integration.stack import S3, free_port
 from tests.pipelines.conftest import Exported
 
 
@@ -322,11 +319,6 @@ class S3Bucket:
         return sorted(i.path.removeprefix(where + "/") for i in found if i.type == fs.FileType.File)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
     """moto's S3 server on loopback: an IAM user's key allowed ``s3:*`` but writes under
@@ -334,16 +326,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
     refused, as by MinIO)."""
     import boto3
 
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
+    server = S3(free_port(), tmp_path_factory.mktemp("moto"))
+    endpoint = server.endpoint
     try:
-        wait_until(lambda: _listening(port), "moto's S3 server", 60)
+        server.start()
         setup = {"endpoint_url": endpoint, "region_name": "us-east-1",
                  "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}  # fmt: skip
         iam = boto3.client("iam", **setup)
@@ -374,8 +360,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
         urllib.request.urlopen(enforce, timeout=10).close()
         yield S3Bucket(endpoint, BUCKET, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.process.stop()
 
 
 @pytest.fixture

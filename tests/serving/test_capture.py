@@ -31,6 +31,7 @@ from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.cli import serve_main
 from serving.metrics import ServerMetrics
 from serving.runtime import TensorSpec
+from tests.integration.stack import S3
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread, make_settings
 from tests.serving.helpers import infer_request
@@ -605,16 +606,10 @@ def test_bad_capture_images_is_refused_by_the_parser(capsys: pytest.CaptureFixtu
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3 API (a ``moto`` server process) with a bucket ``captures``; its endpoint."""
     pytest.importorskip("moto")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
+    server = S3(free_port(), tmp_path_factory.mktemp("moto"))
+    port, endpoint = server.port, server.endpoint
     try:
-        wait_for(lambda: _listening(port), timeout=60)
+        server.start()
         with pytest.MonkeyPatch.context() as patch:
             _s3_env(patch, endpoint)
             from pyarrow import fs
@@ -625,13 +620,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ).create_dir("captures")  # fmt: skip
         yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        server.process.stop()
 
 
 def _s3_env(patch: pytest.MonkeyPatch, endpoint: str) -> None:
