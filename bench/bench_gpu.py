@@ -58,6 +58,7 @@ from bench_serving import (  # noqa: E402
     _pin,
     progress,
     run_load,
+    running,
 )
 from serving_cnn import cnn_path  # noqa: E402
 
@@ -91,36 +92,6 @@ def _core_sets() -> tuple[str | None, str | None]:
 
 
 SERVER_CORES, LOAD_CORES = _core_sets()
-
-
-@contextlib.contextmanager
-def running(cmd: list[str], log: Path, ready: str | None = None) -> Iterator[subprocess.Popen]:
-    """bench_serving's ``running``, keeping this process's PYTHONPATH after the repository: on
-    the GPU machine the staged packages (onnxruntime-gpu, grpcio, ...) are found through it, and
-    a server started without them would import the image's CPU onnxruntime instead."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": path},
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while ready is not None and ready not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------

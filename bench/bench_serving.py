@@ -112,14 +112,18 @@ def measure_ort(model_path: Path, n: int = 3000) -> Row:
 @contextlib.contextmanager
 def running(cmd: list[str], log: Path, ready: str | None = None) -> Iterator[subprocess.Popen]:
     """Start a server process (output to ``log``), optionally wait for ``ready`` in it,
-    and SIGTERM it afterwards."""
+    and SIGTERM it afterwards. The repository comes first on its PYTHONPATH and this process's
+    PYTHONPATH is kept after it: on the GPU machine the staged packages (onnxruntime-gpu,
+    grpcio, ...) are found through it, and a server started without them would import that
+    image's CPU onnxruntime instead."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": path},
         )
     try:
         deadline = time.monotonic() + 60
