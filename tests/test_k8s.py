@@ -90,6 +90,7 @@ GPU_TEMPLATE_PATHS = {
 #: Changes the GPU serving overlay may make to the base (on the Deployment and the HPA).
 GPU_OVERLAY_PATHS = {
     "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
+    "/spec/template/spec/containers/0/env/{end}",
     "/spec/template/spec/tolerations",
     "/spec/maxReplicas",
 }
@@ -743,9 +744,14 @@ def test_gpu_overlay_adds_only_the_gpu() -> None:
         for mine, theirs in zip(base, gpu, strict=True)
         for op in jsonpatch.make_patch(mine, theirs)
     }
-    assert paths == GPU_OVERLAY_PATHS
+    base_env = one(base, "Deployment", "neuroserve")["spec"]["template"]["spec"]["containers"][0]
+    end = len(base_env["env"])
+    assert paths == {path.format(end=end) for path in GPU_OVERLAY_PATHS}
     container = one(gpu, "Deployment", "neuroserve")["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # Strict device: a GPU pod that cannot run CUDA refuses rather than serve from the CPU.
+    assert container["env"][end] == {"name": "NEUROSERVE_DEVICE", "value": "cuda"}
+    assert settings_of(serving_pods()[1]).device == "cuda"
 
 
 def test_services_hpa_and_pdb_point_at_the_serving_pods() -> None:
