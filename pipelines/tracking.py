@@ -173,10 +173,11 @@ def library_versions() -> dict[str, str]:
 def provider_parity_metrics(report: training.ExportReport) -> dict[str, float]:
     """ONNX parity on each provider beyond the CPU's (``parity_max_diff.cuda``): the GPU the
     model may be served on, measured where its provider really loaded."""
+    from serving.devices import short_name
     from training.export import CPU_PROVIDER
 
     return {
-        f"parity_max_diff.{_provider_key(provider)}": float(diff)
+        f"parity_max_diff.{short_name(provider)}": float(diff)
         for provider, diff in report.provider_diffs.items()
         if provider != CPU_PROVIDER
     }
@@ -187,23 +188,19 @@ def provider_parity_tags(report: training.ExportReport) -> dict[str, str]:
 
     Only the CPU provider's parity gates a version; these say how the GPU provider compares.
     """
+    from serving.devices import short_name
     from training.export import CPU_PROVIDER, PARITY_TOLERANCE
 
     tags = {
-        f"neuroserve.parity.{_provider_key(provider)}": (
+        f"neuroserve.parity.{short_name(provider)}": (
             "passed" if diff <= PARITY_TOLERANCE else f"over tolerance ({diff:.3g})"
         )
         for provider, diff in report.provider_diffs.items()
         if provider != CPU_PROVIDER
     }
     for provider, note in report.provider_notes.items():
-        tags[f"neuroserve.parity.{_provider_key(provider)}"] = f"not measured: {note}"[:5000]
+        tags[f"neuroserve.parity.{short_name(provider)}"] = f"not measured: {note}"[:5000]
     return tags
-
-
-def _provider_key(provider: str) -> str:
-    """``CUDAExecutionProvider`` -> ``cuda``."""
-    return provider.removesuffix("ExecutionProvider").lower()
 
 
 def spec_json(spec: training.TrainSpec) -> str:

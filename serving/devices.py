@@ -237,11 +237,15 @@ def require_device(device: Device, requested: Sequence[str] = ()) -> None:
     plan_providers(device, requested)
 
 
+def short_name(provider: str) -> str:
+    """``CUDAExecutionProvider`` -> ``cuda``: how metrics labels and MLflow keys name a provider."""
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
 def provider_label(providers: Sequence[str]) -> str:
     """The short name of the provider a session runs first (``cuda``, ``tensorrt``, ``cpu``):
     the ``provider`` label of the batch metrics."""
-    first = providers[0] if providers else CPU
-    return first.removesuffix("ExecutionProvider").lower()
+    return short_name(providers[0] if providers else CPU)
 
 
 def provider_entries(

@@ -41,7 +41,7 @@ def default_tracking_uri() -> str:
 #: the pixels.
 CaptureImages = Literal["summary", "pixels"]
 
-#: Where sessions run (``Settings.device``); serving/runtime.py's ``plan_providers`` is the rule
+#: Where sessions run (``Settings.device``); serving/devices.py's ``plan_providers`` is the rule
 #: that turns it, with ``Settings.providers``, into the providers a session asks for.
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -382,7 +382,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _device_and_providers(self) -> Settings:
-        # serving/runtime.py holds the rule (and the provider names); imported only when the
+        # serving/devices.py holds the rule (and the provider names); imported only when the
         # two settings could contradict each other, so the defaults never import onnxruntime.
         if self.device != "auto" or self.providers:
             from serving.devices import check_device_providers
