@@ -124,14 +124,21 @@ class ObjectStore:
             )
             raise ScoringInputError(f"{uri}: {why}: {detail}{hint}") from None
 
-    def _missing(self, uri: ObjectUri) -> ScoringInputError:
-        """The error for a path that is not there: its bucket, or the key or prefix in it."""
+    def _no_bucket(self, uri: ObjectUri) -> ScoringInputError | None:
+        """The error when ``uri``'s bucket does not exist, else None."""
         import pyarrow.fs as pafs
 
         with self._request(uri, "checking the bucket"):
             bucket = self.fs.get_file_info(uri.bucket)
         if bucket.type == pafs.FileType.NotFound:
             return ScoringInputError(f"{uri}: bucket {uri.bucket!r} does not exist")
+        return None
+
+    def _missing(self, uri: ObjectUri) -> ScoringInputError:
+        """The error for a path that is not there: its bucket, or the key or prefix in it."""
+        no_bucket = self._no_bucket(uri)
+        if no_bucket is not None:
+            return no_bucket
         if uri.prefix:
             return ScoringInputError(f"{uri}: no objects under this prefix")
         return ScoringInputError(f"{uri}: no such object in bucket {uri.bucket!r}")
@@ -150,12 +157,9 @@ class ObjectStore:
 
     def require_bucket(self, uri: ObjectUri) -> None:
         """Fail now, before anything is scored, when the bucket to write to is not there."""
-        import pyarrow.fs as pafs
-
-        with self._request(uri, "checking the bucket"):
-            info = self.fs.get_file_info(uri.bucket)
-        if info.type == pafs.FileType.NotFound:
-            raise ScoringInputError(f"{uri}: bucket {uri.bucket!r} does not exist")
+        no_bucket = self._no_bucket(uri)
+        if no_bucket is not None:
+            raise no_bucket
 
     def download(self, uri: ObjectUri, into: Path) -> Path:
         """Copy one object to ``into/<its name>``; returns that file."""
