@@ -89,7 +89,7 @@ def check(requested: str | None, amp: bool = False) -> torch.device:
     return device
 
 
-def backend_for(requested: str | None) -> str:
+def backend_for(requested: str | None = "auto") -> str:
     """The process-group backend for a data-parallel run on ``requested``: NCCL (one process
     per GPU) where the run trains on CUDA, gloo on CPU cores."""
     import torch.distributed as dist

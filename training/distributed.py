@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from training.device import backend_for
 from training.errors import SpecError, TrainingError
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "check_batch_size",
     "check_nproc",
     "current",
-    "default_backend",
     "join",
     "launch",
     "leave",
@@ -82,14 +82,6 @@ class LaunchError(TrainingError):
         self.printed = printed
 
 
-def default_backend(device: str | None = "auto") -> str:
-    """NCCL when the run trains on CUDA (one GPU per process), gloo on CPU cores: the rule is
-    ``training.device.backend_for``'s, so ``--device cpu`` on a GPU machine trains with gloo."""
-    from training.device import backend_for
-
-    return backend_for(device)
-
-
 @dataclass(frozen=True)
 class World:
     """This process's place among the training processes, as torchrun's environment says."""
@@ -98,7 +90,7 @@ class World:
     world_size: int
     local_rank: int
     local_world_size: int
-    backend: str = field(default_factory=default_backend)
+    backend: str = field(default_factory=backend_for)
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +103,7 @@ class World:
 def world_from_env(device: str | None = "auto") -> World | None:
     """The world torchrun (or any launcher setting its variables) put this process in; else None.
 
-    ``device`` is the spec's device policy, which decides the backend (``default_backend``).
+    ``device`` is the spec's device policy, which decides the backend (``backend_for``).
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
@@ -121,7 +113,7 @@ def world_from_env(device: str | None = "auto") -> World | None:
         world_size=world_size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
-        backend=default_backend(device),
+        backend=backend_for(device),
     )
 
 
@@ -157,7 +149,7 @@ def check_nproc(nproc: int | None, world: World | None = None, device: str | Non
         )
     if nproc == 1:
         return 1
-    if default_backend(device) == "nccl":
+    if backend_for(device) == "nccl":
         gpus = torch.cuda.device_count()
         if nproc > gpus:
             raise SpecError(

@@ -253,8 +253,8 @@ def test_ddp_trains_over_nccl_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     from training import distributed
     from training.run import fit_spec
 
-    assert distributed.default_backend("cuda") == distributed.default_backend("auto") == "nccl"
-    assert distributed.default_backend("cpu") == "gloo"
+    assert devices.backend_for("cuda") == devices.backend_for("auto") == "nccl"
+    assert devices.backend_for("cpu") == "gloo"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
