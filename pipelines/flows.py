@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 import training
 from pipelines import figures, gate, listing, registry, settings, specs, tracking
 from pipelines.errors import GateError, PipelineError
+from training import distributed
 from training.device import check as check_device
 from training.export import PARITY_TOLERANCE
 
@@ -639,82 +640,85 @@ def train_flow(
     uri = open_tracking()
     describe_data(spec_dict)
     experiment_id, run_id = start_run(uri, name, spec_dict, run_name=f"{name}-train")
-    try:
-        result, logged = train_and_log(uri, run_id, spec_dict, name, progress)
-        metric = str(result.primary_metric)
-        with tempfile.TemporaryDirectory(prefix="neuroserve-export-") as tmp:
-            onnx_path = str(Path(tmp) / "model.onnx")
-            parity, version = _export_and_register(uri, run_id, name, result, onnx_path)
-            log_reference(uri, run_id, onnx_path, result, name=name, version=version)
-            champ = score_champion(
-                uri,
-                name,
-                version,
-                candidate_path=onnx_path,
-                x_test=result.data.x_test,
-                y_test=result.data.y_test,
-                task_name=str(result.data.task),
-                metric_name=metric,
+    # Under --nproc, the launcher's stop must fail the run as PeerError, not as Prefect's
+    # TerminationSignal: see distributed.launcher_stops.
+    with distributed.launcher_stops():
+        try:
+            result, logged = train_and_log(uri, run_id, spec_dict, name, progress)
+            metric = str(result.primary_metric)
+            with tempfile.TemporaryDirectory(prefix="neuroserve-export-") as tmp:
+                onnx_path = str(Path(tmp) / "model.onnx")
+                parity, version = _export_and_register(uri, run_id, name, result, onnx_path)
+                log_reference(uri, run_id, onnx_path, result, name=name, version=version)
+                champ = score_champion(
+                    uri,
+                    name,
+                    version,
+                    candidate_path=onnx_path,
+                    x_test=result.data.x_test,
+                    y_test=result.data.y_test,
+                    task_name=str(result.data.task),
+                    metric_name=metric,
+                )
+            decision = gate.decide(
+                gate.GateInput(
+                    metric_name=metric,
+                    higher_is_better=bool(result.higher_is_better),
+                    candidate=float(result.test_metrics[metric]),
+                    baseline=float(result.baseline_metrics[metric]),
+                    parity_passed=parity <= PARITY_TOLERANCE,
+                    parity_max_diff=parity,
+                    champion=champ,
+                    promote=promote,
+                    baseline_name=str(result.baseline_name),
+                )
             )
-        decision = gate.decide(
-            gate.GateInput(
+            outcome = TrainOutcome(
+                model_name=name,
+                version=version,
+                alias=decision.alias,
+                reason=decision.reason,
+                gate_passed=decision.passed,
+                overridden=decision.overridden,
+                run_id=run_id,
+                experiment_id=experiment_id,
                 metric_name=metric,
                 higher_is_better=bool(result.higher_is_better),
-                candidate=float(result.test_metrics[metric]),
-                baseline=float(result.baseline_metrics[metric]),
-                parity_passed=parity <= PARITY_TOLERANCE,
+                test_metric=float(result.test_metrics[metric]),
+                baseline_metric=float(result.baseline_metrics[metric]),
+                champion_metric=champ.metric if champ else None,
+                previous_champion=champ.version if champ else None,
                 parity_max_diff=parity,
-                champion=champ,
-                promote=promote,
+                model_uri=f"models:/{name}/{version}",
+                tracking_uri=uri,
+                artifact_key=_artifact_key(name),
+                test_metrics={k: float(v) for k, v in result.test_metrics.items()},
+                baseline_metrics={k: float(v) for k, v in result.baseline_metrics.items()},
                 baseline_name=str(result.baseline_name),
+                baselines=list(result.baseline_candidates),
             )
-        )
-        outcome = TrainOutcome(
-            model_name=name,
-            version=version,
-            alias=decision.alias,
-            reason=decision.reason,
-            gate_passed=decision.passed,
-            overridden=decision.overridden,
-            run_id=run_id,
-            experiment_id=experiment_id,
-            metric_name=metric,
-            higher_is_better=bool(result.higher_is_better),
-            test_metric=float(result.test_metrics[metric]),
-            baseline_metric=float(result.baseline_metrics[metric]),
-            champion_metric=champ.metric if champ else None,
-            previous_champion=champ.version if champ else None,
-            parity_max_diff=parity,
-            model_uri=f"models:/{name}/{version}",
-            tracking_uri=uri,
-            artifact_key=_artifact_key(name),
-            test_metrics={k: float(v) for k, v in result.test_metrics.items()},
-            baseline_metrics={k: float(v) for k, v in result.baseline_metrics.items()},
-            baseline_name=str(result.baseline_name),
-            baselines=list(result.baseline_candidates),
-        )
-        client = tracking.client_for(uri)
-        for key, value in {
-            "neuroserve.gate": decision.alias,
-            "neuroserve.gate.reason": decision.reason,
-            "neuroserve.registered_version": version,
-        }.items():
-            client.set_tag(run_id, key, value)
-        record_decision(uri, name, version, decision)
-        create_markdown_artifact(
-            key=outcome.artifact_key,
-            markdown=summary_markdown(outcome, logged),
-            description=f"{name} v{version}: {decision.alias}",
-        )
-        # Last step, on purpose: only a READY, tagged version ever carries an alias.
-        set_alias(uri, name, decision.alias, version)
-    except BaseException as exc:
-        try:
-            end_run(uri, run_id, "FAILED", _error_text(exc))
-        except Exception as close_exc:  # the store may be what failed; keep the first error
-            logger.warning("could not mark run %s failed: %s", run_id, _error_text(close_exc))
-        raise
-    end_run(uri, run_id, "FINISHED")
+            client = tracking.client_for(uri)
+            for key, value in {
+                "neuroserve.gate": decision.alias,
+                "neuroserve.gate.reason": decision.reason,
+                "neuroserve.registered_version": version,
+            }.items():
+                client.set_tag(run_id, key, value)
+            record_decision(uri, name, version, decision)
+            create_markdown_artifact(
+                key=outcome.artifact_key,
+                markdown=summary_markdown(outcome, logged),
+                description=f"{name} v{version}: {decision.alias}",
+            )
+            # Last step, on purpose: only a READY, tagged version ever carries an alias.
+            set_alias(uri, name, decision.alias, version)
+        except BaseException as exc:
+            try:
+                end_run(uri, run_id, "FAILED", _error_text(exc))
+            except Exception as close_exc:  # the store may be what failed; keep the first error
+                logger.warning("could not mark run %s failed: %s", run_id, _error_text(close_exc))
+            raise
+        end_run(uri, run_id, "FINISHED")
     logger.info("%s v%s -> @%s: %s", name, version, decision.alias, decision.reason)
     return outcome
 

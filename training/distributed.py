@@ -55,6 +55,7 @@ __all__ = [
     "current",
     "join",
     "launch",
+    "launcher_stops",
     "leave",
     "rank_zero_first",
     "run_worker",
@@ -322,12 +323,35 @@ def as_rank_zero(world: World) -> Iterator[None]:
     """Rank 0's block (the train flow): joined to the group, the launcher's SIGTERM turned into
     :class:`PeerError` so the flow marks its MLflow run FAILED, the group left at the end."""
     join(world)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with launcher_stops():
+            yield
+    finally:
+        leave()
+
+
+@contextlib.contextmanager
+def launcher_stops() -> Iterator[None]:
+    """While in a process group, the launcher's SIGTERM becomes :class:`PeerError` (see
+    :func:`_on_sigterm`); alone, nothing changes.
+
+    The train flow enters this again inside its own body: Prefect's flow engine installs its
+    SIGTERM bridge (raising ``TerminationSignal``) for the flow's duration over the handler
+    :func:`as_rank_zero` set, so a stop arriving before a collective noticed the dead peer
+    would otherwise mark the run FAILED as a bare ``TerminationSignal``."""
+    if current() is None:
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        leave()
+        if not _STOP["stopping"]:  # once stopping, later signals stay ignored (_stopping)
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------------------------

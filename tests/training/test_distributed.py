@@ -186,8 +186,47 @@ def test_a_killed_worker_is_one_red_line_and_the_run_fails_with_nothing_register
     assert _client(home).search_model_versions(f"name='{name}'") == []
 
 
-def _wait_for_rank_one_training(proc: subprocess.Popen[str], home: Path) -> Any:
-    """Rank 1's process, once rank 0's run has logged a first epoch (both are training).
+def test_the_launchers_stop_outside_a_collective_fails_the_run_as_a_peer_error(
+    tmp_path: Path, prefect_home: Path
+) -> None:
+    """The race behind the killed-worker test, made certain: the launcher's SIGTERM reaching rank
+    0 while it is *not* in a collective (the dead peer not yet noticed). Rank 0 of a one-process
+    world is signalled directly once it trains; Prefect's flow engine installs its own SIGTERM
+    bridge over the launcher handler, which must not turn the stop into a bare TerminationSignal."""
+    home, name = tmp_path / "home", "digits-ddp-stopped"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _env(home, prefect_home)
+    env.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    args = [sys.executable, "-m", "pipelines", *_cli_args(name, epochs=200, patience=200)]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_training(proc, home)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == distributed.PEER_EXIT, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    runs = _runs(home, name)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["neuroserve.error"].startswith("PeerError: the launcher stopped")
+    assert _client(home).search_model_versions(f"name='{name}'") == []
+
+
+def _wait_for_training(proc: subprocess.Popen[str], home: Path) -> None:
+    """Until the command's run has logged a first epoch.
 
     The store is read with sqlite3, read-only: an MLflow client here would migrate the new
     store while the command does.
@@ -199,18 +238,22 @@ def _wait_for_rank_one_training(proc: subprocess.Popen[str], home: Path) -> Any:
             with contextlib.closing(
                 sqlite3.connect(f"file:{home / 'mlflow.db'}?mode=ro", uri=True)
             ) as db:
-                trained = db.execute("SELECT 1 FROM metrics WHERE key = 'train_loss'").fetchone()
+                if db.execute("SELECT 1 FROM metrics WHERE key = 'train_loss'").fetchone():
+                    return
         except sqlite3.Error:  # no store, or no tables yet
-            trained = None
-        if trained:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                try:
-                    if child.environ().get("RANK") == "1":
-                        return child
-                except psutil.Error:
-                    continue
+            pass
         time.sleep(0.5)
-    raise AssertionError("rank 1 never started training")
+    raise AssertionError("the command never started training")
+
+
+def _wait_for_rank_one_training(proc: subprocess.Popen[str], home: Path) -> Any:
+    """Rank 1's process, once rank 0's run has logged a first epoch (both are training)."""
+    _wait_for_training(proc, home)
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("RANK") == "1":
+                return child
+    raise AssertionError("rank 1 is not among the command's processes")
 
 
 @pytest.mark.parametrize(
