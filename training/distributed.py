@@ -27,6 +27,7 @@ into it, so its flow marks the MLflow run FAILED instead of being killed mid-run
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -197,8 +198,14 @@ def join(world: World) -> None:
 
 
 def leave() -> None:
-    """Leave the process group if this process joined one."""
+    """Leave the process group if this process joined one.
+
+    Garbage is collected first: a finished DDP wrapper sits in reference cycles holding the
+    group's gloo context, and freed only at interpreter exit it aborts the process ("terminate
+    called without an active exception", SIGABRT) often enough that the launcher reported a
+    finished rank as killed and stopped rank 0 mid-export."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -215,9 +222,12 @@ def current() -> World | None:
 
 @contextlib.contextmanager
 def collectives() -> Iterator[None]:
-    """Around code that talks to the other processes: a dead peer becomes :class:`PeerError`,
-    and a stop the launcher asked for (SIGTERM on rank 0) is honoured at :func:`check_stop`."""
-    _STOP["in_collectives"] = True
+    """Around code that talks to the other processes (and around the whole training loop, whose
+    steps do): a dead peer becomes :class:`PeerError`, and a stop the launcher asks for (SIGTERM
+    on rank 0) waits for :func:`check_stop` or the block's end, where it raises from our own
+    code rather than from inside whatever library call the signal interrupted (MLflow's
+    session wraps any exception it sees into an ``MlflowException``). Blocks nest."""
+    _STOP.deferring += 1
     try:
         yield
     except RuntimeError as exc:
@@ -226,7 +236,8 @@ def collectives() -> Iterator[None]:
         _stopping()
         raise PeerError(f"another training process stopped: {_first_line(exc)}") from exc
     finally:
-        _STOP["in_collectives"] = False
+        _STOP.deferring -= 1
+    check_stop()
 
 
 def _is_transport_error(exc: RuntimeError) -> bool:
@@ -238,7 +249,7 @@ def _is_transport_error(exc: RuntimeError) -> bool:
 
 def check_stop() -> None:
     """Raise :class:`PeerError` when the launcher asked this process to stop (between steps)."""
-    if _STOP["requested"]:
+    if _STOP.requested:
         _stopping()
         raise PeerError("the launcher stopped training: another training process failed")
 
@@ -261,7 +272,18 @@ def rank_zero_first(world: World | None) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 # rank 0: a stop from the launcher becomes an exception the flow can clean up after
 
-_STOP: dict[str, bool] = {"requested": False, "stopping": False, "in_collectives": False}
+
+@dataclass
+class _StopState:
+    """The launcher's stop as rank 0 has seen it: asked for, under way, and how many
+    :func:`collectives` blocks are open (inside one, the stop waits)."""
+
+    requested: bool = False
+    stopping: bool = False
+    deferring: int = 0
+
+
+_STOP = _StopState()
 
 
 def _stopping() -> None:
@@ -269,18 +291,19 @@ def _stopping() -> None:
     (which follows within its monitor interval) must not interrupt the clean-up that marks the
     MLflow run FAILED; Prefect's own SIGTERM bridge would raise in the middle of it. The launcher
     still sends SIGKILL after its shutdown timeout."""
-    _STOP["stopping"] = True
+    _STOP.stopping = True
     with contextlib.suppress(ValueError):  # signals can only be set from the main thread
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Inside the training loop, ask it to stop at the next step (a collective in flight raises
-    on its own); outside, raise now. Once a stop is under way, later signals wait for it."""
-    if _STOP["stopping"]:
+    """Inside the training loop, ask it to stop at the next step or the loop's end (a collective
+    in flight raises on its own); outside, raise now. Once a stop is under way, later signals
+    wait for it."""
+    if _STOP.stopping:
         return
-    _STOP["requested"] = True
-    if not _STOP["in_collectives"]:
+    _STOP.requested = True
+    if not _STOP.deferring:
         _stopping()
         raise PeerError("the launcher stopped training: another training process failed")
 
@@ -350,7 +373,7 @@ def launcher_stops() -> Iterator[None]:
     try:
         yield
     finally:
-        if not _STOP["stopping"]:  # once stopping, later signals stay ignored (_stopping)
+        if not _STOP.stopping:  # once stopping, later signals stay ignored (_stopping)
             signal.signal(signal.SIGTERM, previous)
 
 

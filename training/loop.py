@@ -163,7 +163,7 @@ class _Shard:
         return torch.arange(self.n)
 
     def talking(self) -> contextlib.AbstractContextManager[None]:
-        """Around the steps: a dead peer or the launcher's stop becomes ``PeerError``."""
+        """Around the loop: a dead peer or the launcher's stop becomes ``PeerError``."""
         return distributed.collectives() if self.world is not None else contextlib.nullcontext()
 
     def check_stop(self) -> None:
@@ -260,14 +260,16 @@ def fit(
     stopped_early = False
     samples = 0
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        model.train()
-        if callable(reset_state):
-            reset_state()
-        order = shard.order(epoch, generator).to(x.device)
-        losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
-        with shard.talking():
+    # The whole loop is one span in which the launcher's stop waits for the next step (or
+    # the span's end) instead of raising inside whatever it interrupted, e.g. MLflow logging.
+    with shard.talking():
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            if callable(reset_state):
+                reset_state()
+            order = shard.order(epoch, generator).to(x.device)
+            losses: list[torch.Tensor] = []  # summed once per epoch: no per-batch sync or math
             for i in range(0, len(order), shard.batch_size):
                 shard.check_stop()
                 idx = order[i : i + shard.batch_size]
@@ -288,54 +290,59 @@ def fit(
             seen, train_loss = shard.mean_loss(
                 torch.dot(torch.stack(losses).float(), sizes), len(order)
             )
-        samples += seen
+            samples += seen
+            model.eval()
+            if callable(reset_state):
+                reset_state()
+            logs: dict[str, float] = {}
+            if world is None or world.rank == 0:  # rank 0's model is the one exported
+                with torch.no_grad():
+                    val = validate(model)
+                logs = {
+                    "epoch": float(epoch),
+                    "train_loss": train_loss,
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                }
+                logs.update({k: float(v) for k, v in val.items()})
+                logs["seconds"] = time.perf_counter() - epoch_start
+            logs = shard.from_rank_zero(logs)
+            history.append(logs)
+            improved = is_improvement(
+                logs,
+                best_logs,
+                config.monitor,
+                config.higher_is_better,
+                tie_breaker=config.tie_breaker,
+            )
+            if improved:
+                best_logs, best_epoch = dict(logs), epoch
+                best_state = _snapshot(model)
+            schedule.epoch_end(improved)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, dict(logs))
+            # Rank 0's callbacks decide for everyone (its logs are everyone's, but only it may hold
+            # callbacks such as MLflow logging that could stop a run).
+            stop = float(any(cb.stop_training for cb in callbacks))
+            if shard.from_rank_zero({"stop": stop})["stop"]:
+                stopped_early = epoch < config.epochs
+                break
+        train_seconds = time.perf_counter() - start
+        if best_logs is not None:  # never improved (e.g. NaN metrics): keep the last weights
+            model.load_state_dict(best_state)
+        else:
+            best_epoch = len(history)
+        model.to("cpu")  # scoring and export run on the CPU
         model.eval()
-        if callable(reset_state):
-            reset_state()
-        logs: dict[str, float] = {}
-        if world is None or world.rank == 0:  # rank 0's model is the one exported
-            with torch.no_grad():
-                val = validate(model)
-            logs = {
-                "epoch": float(epoch),
-                "train_loss": train_loss,
-                "lr": float(optimizer.param_groups[0]["lr"]),
-            }
-            logs.update({k: float(v) for k, v in val.items()})
-            logs["seconds"] = time.perf_counter() - epoch_start
-        logs = shard.from_rank_zero(logs)
-        history.append(logs)
-        improved = is_improvement(
-            logs, best_logs, config.monitor, config.higher_is_better, tie_breaker=config.tie_breaker
-        )
-        if improved:
-            best_logs, best_epoch = dict(logs), epoch
-            best_state = _snapshot(model)
-        schedule.epoch_end(improved)
+        final = best_logs if best_logs is not None else (history[-1] if history else {})
+        end_logs: dict[str, Any] = {
+            **{f"best_{k}": v for k, v in final.items() if k != "epoch"},
+            "best_epoch": best_epoch,
+            "stopped_early": stopped_early,
+            "train_seconds": train_seconds,
+            "epochs_run": len(history),
+        }
         for cb in callbacks:
-            cb.on_epoch_end(epoch, dict(logs))
-        # Rank 0's callbacks decide for everyone (its logs are everyone's, but only it may hold
-        # callbacks such as MLflow logging that could stop a run).
-        if shard.from_rank_zero({"stop": float(any(cb.stop_training for cb in callbacks))})["stop"]:
-            stopped_early = epoch < config.epochs
-            break
-    train_seconds = time.perf_counter() - start
-    if best_logs is not None:  # never improved (e.g. NaN metrics): keep the last weights
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    model.to("cpu")  # scoring and export run on the CPU
-    model.eval()
-    final = best_logs if best_logs is not None else (history[-1] if history else {})
-    end_logs: dict[str, Any] = {
-        **{f"best_{k}": v for k, v in final.items() if k != "epoch"},
-        "best_epoch": best_epoch,
-        "stopped_early": stopped_early,
-        "train_seconds": train_seconds,
-        "epochs_run": len(history),
-    }
-    for cb in callbacks:
-        cb.on_train_end(dict(end_logs))
+            cb.on_train_end(dict(end_logs))
     return FitResult(
         history=history,
         best_epoch=best_epoch,

@@ -342,3 +342,68 @@ def test_rank_zero_decides_and_every_rank_agrees() -> None:
     for a, b in zip(results[0]["weights"], results[1]["weights"], strict=True):
         assert torch.equal(a, b)  # DDP kept the replicas identical
     assert distributed.current() is None  # the test process itself never joined a group
+
+
+class _StopInsideALibrary(Callback):
+    """The launcher's SIGTERM landing inside a library call that wraps every ``Exception`` it
+    sees (as MLflow's store session does), after epoch 1."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch != 1:
+            return
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here, mid-call
+        except Exception as exc:
+            raise RuntimeError("the library wrapped what interrupted it") from exc
+
+
+def _stopped_rank(rank: int, port: int, out: dict[str, Any]) -> None:
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    world = distributed.World(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    epochs = {"n": 0}
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        epochs["n"] += 1
+        return {"val_loss": 0.0}
+
+    x = torch.randn(64, 4)
+    gc.disable()  # what leave() frees must not depend on when the collector happens to run
+    try:
+        with distributed.as_rank_zero(world):
+            fit(
+                torch.nn.Linear(4, 1),
+                torch.nn.functional.mse_loss,
+                x,
+                x.sum(dim=1, keepdim=True),
+                validate=validate,
+                config=LoopConfig(epochs=5, batch_size=16, lr=0.05),
+                callbacks=[_StopInsideALibrary()],
+            )
+    except BaseException as exc:  # what escaped is the result
+        out["raised"] = f"{type(exc).__name__}: {exc}"
+    out["epochs"] = epochs["n"]
+    out["wrappers"] = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+
+def test_a_stop_inside_a_library_call_waits_for_the_next_step() -> None:
+    """A SIGTERM that lands in a callback's library call must not raise there (the library
+    would wrap it and the run be tagged with its error): the loop stops at its next step with
+    PeerError. And no DDP wrapper outlives leaving the group (freed at interpreter exit, one
+    aborts the process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_stopped_rank, args=(port, out), nprocs=1, join=True)
+        result = dict(out)
+    assert result["raised"] == (
+        "PeerError: the launcher stopped training: another training process failed"
+    )
+    assert result["epochs"] == 1  # stopped at epoch 2's first step
+    assert result["wrappers"] == 0
