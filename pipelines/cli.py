@@ -542,7 +542,7 @@ def _train_distributed(
             outcome = run_flow(
                 train_flow, spec.to_dict(), model_name=name, promote=promote, progress=True
             )
-    except distributed.PeerError:  # the launcher names the process that failed
+    except (distributed.PeerError, distributed.LauncherStop):  # the launcher names the cause
         raise typer.Exit(distributed.PEER_EXIT) from None
     _print_train(outcome)
     return True

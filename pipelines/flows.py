@@ -640,7 +640,7 @@ def train_flow(
     uri = open_tracking()
     describe_data(spec_dict)
     experiment_id, run_id = start_run(uri, name, spec_dict, run_name=f"{name}-train")
-    # Under --nproc, the launcher's stop must fail the run as PeerError, not as Prefect's
+    # Under --nproc, the launcher's stop must fail the run as a peer's failure, not as Prefect's
     # TerminationSignal: see distributed.launcher_stops.
     with distributed.launcher_stops():
         try:

@@ -20,8 +20,10 @@ One concept, three places it shows up:
   are the same decision everywhere.
 
 A process that fails while others wait in a collective makes those fail with gloo's connection
-error, which the loop turns into :class:`PeerError`; rank 0 also turns the launcher's SIGTERM
-into it, so its flow marks the MLflow run FAILED instead of being killed mid-run.
+error, which the loop turns into :class:`PeerError`. Rank 0 also turns the launcher's SIGTERM
+into an exception, so its flow marks the MLflow run FAILED instead of being killed mid-run: inside
+the training loop the stop waits for the next step and raises :class:`PeerError` from the loop's
+own code; outside it, it raises :class:`LauncherStop` at once, wherever the signal landed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from training.errors import SpecError, TrainingError
 __all__ = [
     "PEER_EXIT",
     "LaunchError",
+    "LauncherStop",
     "PeerError",
     "World",
     "as_rank_zero",
@@ -72,6 +75,13 @@ USER_ERROR_EXIT = 2
 
 class PeerError(TrainingError):
     """Another training process failed (or the launcher stopped this one); the cause is theirs."""
+
+
+class LauncherStop(BaseException):
+    """The launcher stopped rank 0 outside the training loop, because another training process
+    failed. Raised from the SIGTERM handler wherever the signal lands, so, like
+    ``KeyboardInterrupt``, it is not an ``Exception``: library code that wraps every exception it
+    sees (MLflow's store session does) lets it through to the flow, which marks the run FAILED."""
 
 
 class LaunchError(TrainingError):
@@ -305,7 +315,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _STOP.requested = True
     if not _STOP.deferring:
         _stopping()
-        raise PeerError("the launcher stopped training: another training process failed")
+        raise LauncherStop("the launcher stopped training: another training process failed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +354,8 @@ def run_worker(world: World, spec: Any) -> int:
 @contextlib.contextmanager
 def as_rank_zero(world: World) -> Iterator[None]:
     """Rank 0's block (the train flow): joined to the group, the launcher's SIGTERM turned into
-    :class:`PeerError` so the flow marks its MLflow run FAILED, the group left at the end."""
+    an exception (:func:`launcher_stops`) so the flow marks its MLflow run FAILED, the group
+    left at the end."""
     join(world)
     try:
         with launcher_stops():
@@ -355,8 +366,8 @@ def as_rank_zero(world: World) -> Iterator[None]:
 
 @contextlib.contextmanager
 def launcher_stops() -> Iterator[None]:
-    """While in a process group, the launcher's SIGTERM becomes :class:`PeerError` (see
-    :func:`_on_sigterm`); alone, nothing changes.
+    """While in a process group, the launcher's SIGTERM becomes :class:`PeerError` or
+    :class:`LauncherStop` (see :func:`_on_sigterm`); alone, nothing changes.
 
     The train flow enters this again inside its own body: Prefect's flow engine installs its
     SIGTERM bridge (raising ``TerminationSignal``) for the flow's duration over the handler

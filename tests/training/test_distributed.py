@@ -344,21 +344,25 @@ def test_rank_zero_decides_and_every_rank_agrees() -> None:
     assert distributed.current() is None  # the test process itself never joined a group
 
 
-class _StopInsideALibrary(Callback):
+def _signalled_inside_a_library() -> None:
     """The launcher's SIGTERM landing inside a library call that wraps every ``Exception`` it
-    sees (as MLflow's store session does), after epoch 1."""
+    sees, as MLflow's store session does."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, mid-call
+    except Exception as exc:
+        raise RuntimeError("the library wrapped what interrupted it") from exc
+
+
+class _StopInsideALibrary(Callback):
+    """The signal lands in a callback's library call after epoch 1 (inside the loop)."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if epoch != 1:
-            return
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.2)  # the handler runs here, mid-call
-        except Exception as exc:
-            raise RuntimeError("the library wrapped what interrupted it") from exc
+        if epoch == 1:
+            _signalled_inside_a_library()
 
 
-def _stopped_rank(rank: int, port: int, out: dict[str, Any]) -> None:
+def _stopped_rank(rank: int, port: int, out: dict[str, Any], where: str) -> None:
     import gc
 
     from torch.nn.parallel import DistributedDataParallel
@@ -382,12 +386,24 @@ def _stopped_rank(rank: int, port: int, out: dict[str, Any]) -> None:
                 x.sum(dim=1, keepdim=True),
                 validate=validate,
                 config=LoopConfig(epochs=5, batch_size=16, lr=0.05),
-                callbacks=[_StopInsideALibrary()],
+                callbacks=[_StopInsideALibrary()] if where == "loop" else [],
             )
+            if where == "after":  # e.g. MLflow logging the model, after training
+                _signalled_inside_a_library()
     except BaseException as exc:  # what escaped is the result
         out["raised"] = f"{type(exc).__name__}: {exc}"
     out["epochs"] = epochs["n"]
     out["wrappers"] = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+
+def _stopped(where: str) -> dict[str, Any]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_stopped_rank, args=(port, out, where), nprocs=1, join=True)
+        return dict(out)
 
 
 def test_a_stop_inside_a_library_call_waits_for_the_next_step() -> None:
@@ -395,15 +411,19 @@ def test_a_stop_inside_a_library_call_waits_for_the_next_step() -> None:
     would wrap it and the run be tagged with its error): the loop stops at its next step with
     PeerError. And no DDP wrapper outlives leaving the group (freed at interpreter exit, one
     aborts the process)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_stopped_rank, args=(port, out), nprocs=1, join=True)
-        result = dict(out)
+    result = _stopped("loop")
     assert result["raised"] == (
         "PeerError: the launcher stopped training: another training process failed"
     )
     assert result["epochs"] == 1  # stopped at epoch 2's first step
     assert result["wrappers"] == 0
+
+
+def test_a_stop_after_the_loop_raises_at_once_through_a_library_that_wraps_exceptions() -> None:
+    """Outside the loop there is no next step to wait for: the stop raises where it lands, as
+    a BaseException the library's ``except Exception`` cannot wrap."""
+    result = _stopped("after")
+    assert result["raised"] == (
+        "LauncherStop: the launcher stopped training: another training process failed"
+    )
+    assert result["epochs"] == 5
