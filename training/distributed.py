@@ -49,6 +49,7 @@ from training.errors import SpecError, TrainingError
 
 __all__ = [
     "PEER_EXIT",
+    "STOPPED_BY_LAUNCHER",
     "LaunchError",
     "LauncherStop",
     "PeerError",
@@ -69,6 +70,12 @@ __all__ = [
 #: Exit code of a process that stopped only because another training process failed; the
 #: launcher never reports such a process as the cause.
 PEER_EXIT = 3
+#: Why rank 0 stopped when the launcher signalled it: the launcher does so when another
+#: process failed, or when it was itself stopped (a cancelled job), and cannot say which.
+STOPPED_BY_LAUNCHER = (
+    "the launcher stopped training (another training process failed, or the launcher itself "
+    "was stopped)"
+)
 #: The CLI's code for a user error (one red line), which a worker's SpecError/DataError keeps.
 USER_ERROR_EXIT = 2
 
@@ -261,7 +268,7 @@ def check_stop() -> None:
     """Raise :class:`PeerError` when the launcher asked this process to stop (between steps)."""
     if _STOP.requested:
         _stopping()
-        raise PeerError("the launcher stopped training: another training process failed")
+        raise PeerError(STOPPED_BY_LAUNCHER)
 
 
 @contextlib.contextmanager
@@ -315,7 +322,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _STOP.requested = True
     if not _STOP.deferring:
         _stopping()
-        raise LauncherStop("the launcher stopped training: another training process failed")
+        raise LauncherStop(STOPPED_BY_LAUNCHER)
 
 
 # --------------------------------------------------------------------------------------------

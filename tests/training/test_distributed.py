@@ -221,7 +221,7 @@ def test_the_launchers_stop_outside_a_collective_fails_the_run_as_a_peer_error(
     assert "Traceback" not in stderr, stderr[-3000:]
     runs = _runs(home, name)
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert runs[0].data.tags["neuroserve.error"].startswith("PeerError: the launcher stopped")
+    assert runs[0].data.tags["neuroserve.error"] == f"PeerError: {distributed.STOPPED_BY_LAUNCHER}"
     assert _client(home).search_model_versions(f"name='{name}'") == []
 
 
@@ -412,9 +412,7 @@ def test_a_stop_inside_a_library_call_waits_for_the_next_step() -> None:
     PeerError. And no DDP wrapper outlives leaving the group (freed at interpreter exit, one
     aborts the process)."""
     result = _stopped("loop")
-    assert result["raised"] == (
-        "PeerError: the launcher stopped training: another training process failed"
-    )
+    assert result["raised"] == (f"PeerError: {distributed.STOPPED_BY_LAUNCHER}")
     assert result["epochs"] == 1  # stopped at epoch 2's first step
     assert result["wrappers"] == 0
 
@@ -423,7 +421,5 @@ def test_a_stop_after_the_loop_raises_at_once_through_a_library_that_wraps_excep
     """Outside the loop there is no next step to wait for: the stop raises where it lands, as
     a BaseException the library's ``except Exception`` cannot wrap."""
     result = _stopped("after")
-    assert result["raised"] == (
-        "LauncherStop: the launcher stopped training: another training process failed"
-    )
+    assert result["raised"] == (f"LauncherStop: {distributed.STOPPED_BY_LAUNCHER}")
     assert result["epochs"] == 5
