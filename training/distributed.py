@@ -85,8 +85,8 @@ class PeerError(TrainingError):
 
 
 class LauncherStop(BaseException):
-    """The launcher stopped rank 0 outside the training loop, because another training process
-    failed. Raised from the SIGTERM handler wherever the signal lands, so, like
+    """The launcher stopped rank 0 outside the training loop (:data:`STOPPED_BY_LAUNCHER`).
+    Raised from the SIGTERM handler wherever the signal lands, so, like
     ``KeyboardInterrupt``, it is not an ``Exception``: library code that wraps every exception it
     sees (MLflow's store session does) lets it through to the flow, which marks the run FAILED."""
 
