@@ -7,20 +7,15 @@ predictions: the newcomer's loop must keep working as the parts change.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
@@ -37,9 +32,9 @@ def test_quick_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
             "demo",
             "--quick",
             "--grpc-port",
-            str(_free_port()),
+            str(free_port()),
             "--metrics-port",
-            str(_free_port()),
+            str(free_port()),
         ],
         capture_output=True,
         text=True,

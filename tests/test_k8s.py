@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.server import SERVICE_NAME
 from serving.settings import Settings
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -813,12 +813,6 @@ def test_kserve_runtime_is_a_v2_onnx_runtime() -> None:
 # ---------------------------------------------------------------------------------- live server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class PodRun:
     """The pod's environment laid out on this machine: mounts as directories, Secret files."""
@@ -902,7 +896,7 @@ def test_server_runs_from_the_pod_spec(where: str) -> None:
             if run.uid is not None:  # the store belongs to the MLflow service, not the pod
                 for path in [store, *store.rglob("*")]:
                     os.chown(path, run.uid, run.gid if run.gid is not None else run.uid)
-        ports = {name: _free_port() for name in ("HTTP", "GRPC", "METRICS")}
+        ports = {name: free_port() for name in ("HTTP", "GRPC", "METRICS")}
         env = {
             "PATH": os.environ["PATH"],
             "HOME": "/",

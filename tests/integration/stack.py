@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,6 @@ VENV_BIN = Path(sys.executable).parent
 POSTGRES_LIB = Path("/usr/lib/postgresql")
 #: The account Debian's package creates; PostgreSQL refuses to run as root.
 POSTGRES_ACCOUNT = "postgres"
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def postgres_bin() -> Path | None:

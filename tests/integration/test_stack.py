@@ -33,13 +33,13 @@ from tests.integration.stack import (
     Postgres,
     Process,
     base_env,
-    free_port,
     http_ok,
     post_json,
     postgres_bin,
     stop_all,
     wait_until,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.stack
 

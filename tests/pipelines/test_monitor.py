@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,15 +22,10 @@ from typer.testing import CliRunner
 from pipelines import listing, monitor
 from pipelines.cli import app
 from pipelines.flows import train_flow
+from tests.ports import free_port
 
 NAME = "breast-cancer-fnn"
 ROWS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -39,11 +33,11 @@ def _server(home: Path, captures: Path) -> Iterator[str]:
     """The champion served with every request captured; SIGTERM closes the capture files."""
     from pipelines.demo import wait_ready
 
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "serving", "--model-names", NAME,
         "--tracking-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", str(_free_port()),
+        "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", str(free_port()),
         "--capture-rate", "1", "--capture-dir", str(captures),
     ]  # fmt: skip
     with (home / "demo-server.log").open("wb") as log:

@@ -22,8 +22,9 @@ from PIL import Image
 from pipelines.errors import ScoringInputError
 from pipelines.score import MAX_CHUNK_BATCHES, _stored_member, plan_chunks, run_score
 from serving.runtime import OnnxModel, usable_cores
-from tests.integration.stack import S3, free_port
+from tests.integration.stack import S3
 from tests.pipelines.conftest import Exported
+from tests.ports import free_port
 
 
 def _onnx(model: Exported, x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import psutil
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.ports import free_port
 from tests.serving import onnx_models
 
 # Re-exported fixtures from tests/serving (a second, independent instance for this folder).
@@ -38,13 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Side of the square matrices the slow model multiplies; cost ~ SLOW_N**3 per MatMul.
 SLOW_N = 384
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def closed_port() -> int:

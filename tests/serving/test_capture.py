@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from serving.cli import serve_main
 from serving.metrics import ServerMetrics
 from serving.runtime import TensorSpec
 from tests.integration.stack import S3
+from tests.ports import free_port
 from tests.serving import onnx_models
 from tests.serving.conftest import ServerThread, make_settings
 from tests.serving.helpers import infer_request
@@ -80,12 +80,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 def files(directory: Path) -> list[Path]:
     """The visible (complete) capture files below ``directory``."""
     return sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def layout_of(table: pa.Table) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from serving._proto import grpc_service_pb2 as pb
 from serving._proto import grpc_service_pb2_grpc as pb_grpc
 from serving.client import AuthenticationError, InferenceClient, UnavailableError
+from tests.ports import free_port
 from tests.serving.certs import write_certs
 from tests.serving.conftest import ServerThread, make_settings
 from tests.serving.helpers import good_request
@@ -174,12 +174,6 @@ def test_tls_and_mtls(model_repo, tmp_path):
         mtls.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.Popen(
@@ -211,7 +205,7 @@ def _read_until(
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(model_repo):
-    port = _free_port()
+    port = free_port()
     proc = _start(
         [
             "--model-repository", str(model_repo), "--model", "classifier",
@@ -250,7 +244,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(model_repo):
 
 
 def test_workers_share_the_port_and_stop_cleanly(model_repo):
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     proc = _start(
         [
             "--model-repository", str(model_repo), "--model", "classifier",

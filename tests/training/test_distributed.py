@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.ports import free_port
 from training import Callback, TrainSpec, distributed
 from training.loop import LoopConfig, fit
 
@@ -194,9 +194,7 @@ def test_the_launchers_stop_outside_a_collective_fails_the_run_as_a_peer_error(
     world is signalled directly once it trains; Prefect's flow engine installs its own SIGTERM
     bridge over the launcher handler, which must not turn the stop into a bare TerminationSignal."""
     home, name = tmp_path / "home", "digits-ddp-stopped"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = _env(home, prefect_home)
     env.update(
         RANK="0",
@@ -329,9 +327,7 @@ def _fit_rank(rank: int, port: int, out: dict[int, Any]) -> None:
 
 
 def test_rank_zero_decides_and_every_rank_agrees() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_fit_rank, args=(port, out), nprocs=2, join=True)
@@ -397,9 +393,7 @@ def _stopped_rank(rank: int, port: int, out: dict[str, Any], where: str) -> None
 
 
 def _stopped(where: str) -> dict[str, Any]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_stopped_rank, args=(port, out, where), nprocs=1, join=True)
@@ -412,7 +406,7 @@ def test_a_stop_inside_a_library_call_waits_for_the_next_step() -> None:
     PeerError. And no DDP wrapper outlives leaving the group (freed at interpreter exit, one
     aborts the process)."""
     result = _stopped("loop")
-    assert result["raised"] == (f"PeerError: {distributed.STOPPED_BY_LAUNCHER}")
+    assert result["raised"] == f"PeerError: {distributed.STOPPED_BY_LAUNCHER}"
     assert result["epochs"] == 1  # stopped at epoch 2's first step
     assert result["wrappers"] == 0
 
@@ -421,5 +415,5 @@ def test_a_stop_after_the_loop_raises_at_once_through_a_library_that_wraps_excep
     """Outside the loop there is no next step to wait for: the stop raises where it lands, as
     a BaseException the library's ``except Exception`` cannot wrap."""
     result = _stopped("after")
-    assert result["raised"] == (f"LauncherStop: {distributed.STOPPED_BY_LAUNCHER}")
+    assert result["raised"] == f"LauncherStop: {distributed.STOPPED_BY_LAUNCHER}"
     assert result["epochs"] == 5
